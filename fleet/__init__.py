@@ -1,0 +1,1 @@
+"""Build, provision, test and watch one Dokku box per region."""
