@@ -1,0 +1,1 @@
+"""The VAT-rate API served by every region (see app/main.py)."""

@@ -1,0 +1,296 @@
+"""The VAT-rate API: the ASGI app `app.main:app` and its factory.
+
+Every /v1 request goes through the same steps: find the client's address
+(X-Forwarded-For only from a trusted proxy), identify the user by API key (or
+the anonymous tier), count the request against the plan's rate limit in
+Redis, answer, then, after the response has been sent, count the request's
+usage and log one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import logs
+from app.auth import ANONYMOUS, User
+from app.errors import ApiError, clip
+from app.geo import check_public, parse_address
+from app.openapi import openapi_document
+from app.services import Services
+from app.settings import Settings
+from app.vat import ALIASES, COUNTRY_CODE
+
+log = logging.getLogger("app")
+JSON = "application/json"
+
+
+def _json(body: bytes, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(body, status_code=status, headers=headers, media_type=JSON)
+
+
+class RequestContext:
+    """Per-request bookkeeping around the app (pure ASGI, no body buffering).
+
+    Rejects oversized headers, adds the rate-limit headers to whatever
+    response goes out, and after the response has been sent counts the
+    user's usage and logs the request line.
+    """
+
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        context: dict[str, Any] = {
+            "user": ANONYMOUS,
+            "ratelimit": None,
+            "status": 500,
+            "error": None,
+        }
+        scope["vat"] = context
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                context["status"] = message["status"]
+                if context["ratelimit"]:
+                    message["headers"] = [
+                        *message.get("headers", ()),
+                        *context["ratelimit"],
+                    ]
+            await send(message)
+
+        try:
+            header_bytes = sum(len(k) + len(v) for k, v in scope["headers"])
+            if header_bytes > self.services.settings.max_header_bytes:
+                await self._reject_headers(
+                    header_bytes, scope, send_with_headers, context
+                )
+            else:
+                await self.app(scope, receive, send_with_headers)
+        finally:
+            self._after_response(scope, context, started)
+
+    async def _reject_headers(
+        self, size: int, scope: Scope, send: Send, context: dict
+    ) -> None:
+        limit = self.services.settings.max_header_bytes
+        error = ApiError(
+            431,
+            "headers_too_large",
+            f"the request headers are {size} bytes; send at most {limit}",
+        )
+        context["error"] = error.code
+        await _json(error.body(), error.status)(scope, _no_body, send)
+
+    def _after_response(self, scope: Scope, context: dict, started: float) -> None:
+        user: User = context["user"]
+        status = context["status"]
+        if user.id is not None and self.services.usage is not None:
+            self.services.usage.record(user.id, status)
+        log.info(
+            "event=request region=%s method=%s path=%r status=%d ms=%.2f user=%s%s",
+            self.services.settings.region,
+            scope["method"],
+            clip(scope["path"], 100),
+            status,
+            (time.perf_counter() - started) * 1000,
+            user.log_id,
+            f" error={context['error']}" if context["error"] else "",
+        )
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+# Endpoints
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+async def _admit(request: Request) -> tuple[Services, str | None]:
+    """Identify and rate-limit the caller; return the services and address."""
+    services = _services(request)
+    context = request.scope["vat"]
+    peer = request.scope.get("client")
+    client = services.addresses.resolve(
+        peer[0] if peer else None, request.headers.getlist("x-forwarded-for")
+    )
+    user = services.identify(
+        request.headers.get("authorization"), request.query_params.get("key")
+    )
+    context["user"] = user
+    await services.admit(user, client, context)
+    return services, client
+
+
+async def rates_by_ip(request: Request) -> Response:
+    services, client = await _admit(request)
+    raw = request.query_params.get("ip")
+    if raw is None:
+        if client is None:
+            raise ApiError(
+                400,
+                "missing_ip",
+                "the client's address is unknown; pass ?ip=ADDRESS",
+            )
+        address = parse_address(client, what="your address")
+        check_public(address, what="your address")
+    else:
+        address = parse_address(raw)
+        check_public(address)
+
+    location = services.geo.locate(address)
+    if location is None:
+        raise ApiError(
+            404,
+            "country_not_found",
+            f"no country is known for {address}; pass ?ip= with another "
+            "address or ask /v1/rates/{country}",
+            extra={"ip": str(address)},
+        )
+    body = services.rates_body(location.country_code, str(address))
+    return _json(orjson.dumps(body))
+
+
+async def rates_by_country(request: Request) -> Response:
+    services, _ = await _admit(request)
+    raw = request.path_params["country"]
+    code = raw.upper()
+    if not COUNTRY_CODE.fullmatch(code):
+        raise ApiError(
+            400,
+            "invalid_country",
+            f"country {clip(raw, 16)!r} is not a two-letter ISO 3166-1 code such as DE",
+        )
+    code = ALIASES.get(code, code)
+    return _json(orjson.dumps(services.rates_body(code)))
+
+
+async def countries(request: Request) -> Response:
+    services, _ = await _admit(request)
+    return _json(services.countries_body)
+
+
+async def healthz(request: Request) -> Response:
+    services = _services(request)
+    limiter = services.limiter
+    usage = services.usage
+    body = {
+        "status": "ok",
+        "region": services.settings.region,
+        "redis_failures": limiter.failures,
+        "unchecked_requests": limiter.unchecked,
+        "usage_pending": usage.pending_requests() if usage else 0,
+        "usage_flush_errors": usage.flush_errors if usage else 0,
+    }
+    return _json(orjson.dumps(body))
+
+
+async def readyz(request: Request) -> Response:
+    services = _services(request)
+    ready = services.ready
+    body = {"ready": ready, "sync": services.sync_progress()}
+    return _json(orjson.dumps(body, default=str), 200 if ready else 503)
+
+
+async def openapi(request: Request) -> Response:
+    return _json(request.app.state.openapi)
+
+
+# Errors
+
+
+async def api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    context = request.scope.get("vat")
+    if context is not None:
+        context["error"] = error.code
+    return _json(error.body(), error.status, error.headers)
+
+
+async def http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(
+        error.status_code, "http_error"
+    )
+    message = {
+        404: f"no endpoint at {clip(request.url.path, 100)}; see /openapi.json",
+        405: f"method {request.method} is not allowed on {clip(request.url.path, 100)}",
+    }.get(error.status_code, str(error.detail))
+    converted = ApiError(error.status_code, code, message, headers=error.headers)
+    return await api_error(request, converted)
+
+
+async def server_error(request: Request, error: Exception) -> Response:
+    log.exception(
+        "event=unhandled_error path=%r error=%r",
+        clip(request.url.path, 100),
+        str(error),
+    )
+    body = ApiError(500, "internal_error", "internal error; it has been logged").body()
+    return _json(body, 500)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Any | None = None,
+    sync: Any | None = None,
+    geolocator: Any | None = None,
+) -> Starlette:
+    """Build the API; `store`, `sync` and `geolocator` replace the defaults."""
+    logs.configure()
+    settings = settings or Settings.from_env()
+    services = Services(settings, store=store, sync=sync, geolocator=geolocator)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/rates", rates_by_ip, methods=["GET"]),
+        Route("/v1/rates/{country}", rates_by_country, methods=["GET"]),
+        Route("/v1/countries", countries, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestContext, services=services)],
+        exception_handlers={
+            ApiError: api_error,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.openapi = orjson.dumps(openapi_document(services.vat))
+    return app
+
+
+app = create_app()

@@ -1,0 +1,231 @@
+"""The API's long-lived parts, started and stopped by the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from app import geo, vat
+from app.auth import ANONYMOUS, DocumentStore, User, key_from_request, resolve_user
+from app.clientaddr import ClientAddressResolver
+from app.errors import ApiError
+from app.ratelimit import Plan, RateLimiter, load_plans
+from app.resp import RedisUnavailable
+from app.settings import Settings
+from app.usage import UsageRecorder
+
+log = logging.getLogger("app")
+
+_shared_geolocator: geo.Geolocator | None = None
+
+
+def shared_geolocator() -> geo.Geolocator:
+    """Load geoip2fast's database once per process (it lives in module globals)."""
+    global _shared_geolocator
+    if _shared_geolocator is None:
+        _shared_geolocator = geo.Geolocator()
+    return _shared_geolocator
+
+
+class Services:
+    """Geolocation, VAT data, users, rate limits, usage and sync for one app."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: DocumentStore | None = None,
+        sync: Any | None = None,
+        geolocator: geo.Geolocator | None = None,
+    ) -> None:
+        self.settings = settings
+        self.vat = vat.load(settings.vat_rates_path)
+        self.plans = load_plans(settings.plans_path)
+        self.addresses = ClientAddressResolver(settings.trusted_proxies)
+        self.limiter = RateLimiter(
+            settings.redis_url,
+            fail_open=settings.rate_limit_fail_open,
+            timeout=settings.redis_timeout,
+            retry_interval=settings.redis_retry_interval,
+            log_interval=settings.error_log_interval,
+            region=settings.region,
+        )
+        self.geo = geolocator
+        self.store = store
+        self.sync = sync
+        self.usage: UsageRecorder | None = None
+        self._flusher: asyncio.Task | None = None
+        self._unknown_plans: set[str] = set()
+        self.country_names: dict[str, str] = {}
+        self._rates = {
+            code: rates.to_dict(self.vat.source_date)
+            for code, rates in self.vat.countries.items()
+        }
+        self.countries_body = orjson.dumps(
+            {
+                "source": self.vat.source,
+                "source_date": self.vat.source_date,
+                "countries": list(self._rates.values()),
+            }
+        )
+
+    # Start and stop
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        if self.geo is None:
+            self.geo = shared_geolocator()
+        self.country_names = self.geo.country_names()
+        if self.store is None:
+            self.store = self._open_store()
+        if self.sync is None and self.settings.couchdb_url:
+            from app.sync import SyncService
+
+            self.sync = SyncService(self.store, self.settings.couchdb_url)
+        if self.sync is not None:
+            await self.sync.start()
+        else:
+            log.info(
+                "event=sync_disabled region=%s reason=%r ready=true",
+                self.settings.region,
+                "COUCHDB_URL is unset: serving from the local store only",
+            )
+        self.usage = UsageRecorder(self.store, self.settings.region)
+        self._flusher = asyncio.create_task(self._flush_usage_forever())
+        log.info(
+            "event=start region=%s replica=%s couchdb=%s redis=%s:%s "
+            "countries=%d geoip=%r seconds=%.3f",
+            self.settings.region,
+            self.settings.replica,
+            "set" if self.settings.couchdb_url else "unset",
+            self.limiter.client.host,
+            self.limiter.client.port,
+            len(self.vat.countries),
+            self.geo.info,
+            time.perf_counter() - started,
+        )
+
+    def _open_store(self) -> DocumentStore:
+        from app.sync import open_store
+
+        return open_store(self.settings.replica)
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        if self.usage is not None:
+            await self.usage.flush()
+        if self.sync is not None:
+            try:
+                await self.sync.stop()
+            except Exception as error:  # noqa: BLE001 - log and finish stopping
+                log.error("event=sync_stop_error error=%r", str(error))
+        await self.limiter.close()
+        log.info(
+            "event=stop region=%s usage_flushed=%d redis_failures=%d",
+            self.settings.region,
+            self.usage.flushed_requests if self.usage else 0,
+            self.limiter.failures,
+        )
+
+    async def _flush_usage_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.usage_flush_interval)
+            try:
+                await self.usage.flush()
+            except Exception as error:  # noqa: BLE001 - keep the flusher alive
+                log.error("event=usage_flusher_error error=%r", str(error))
+
+    # Readiness
+
+    @property
+    def ready(self) -> bool:
+        return self.sync is None or bool(self.sync.ready)
+
+    def sync_progress(self) -> dict:
+        if self.sync is None:
+            return {"ready": True, "enabled": False}
+        return dict(self.sync.progress())
+
+    # Requests
+
+    def plan_for(self, user: User) -> Plan:
+        plan = self.plans.get(user.plan)
+        if plan is not None:
+            return plan
+        if user.plan not in self._unknown_plans:
+            self._unknown_plans.add(user.plan)
+            log.error(
+                "event=unknown_plan user=%s plan=%r fallback=free",
+                user.log_id,
+                user.plan,
+            )
+        return self.plans["free"]
+
+    def identify(self, authorization: str | None, query_key: str | None) -> User:
+        key = key_from_request(authorization, query_key)
+        if key is None:
+            return ANONYMOUS
+        return resolve_user(self.store, key)
+
+    def rates_body(self, code: str, ip: str | None = None) -> dict:
+        """Return the response body for a country, or raise a 404 ApiError."""
+        body = self._rates.get(code)
+        if body is not None:
+            return body if ip is None else {"ip": ip, **body}
+        name = self.country_names.get(code)
+        if name is None:
+            raise ApiError(
+                404,
+                "unknown_country",
+                f"{code} is not an ISO 3166-1 country code; see /v1/countries "
+                "for the countries with VAT data",
+            )
+        extra: dict[str, Any] = {"country": {"code": code, "name": name}}
+        if ip is not None:
+            extra["ip"] = ip
+        raise ApiError(
+            404,
+            "no_vat_data",
+            f"no VAT data for {code} ({name}); see /v1/countries for the "
+            "countries with VAT data",
+            extra=extra,
+        )
+
+    async def admit(self, user: User, client: str | None, context: dict) -> None:
+        """Count the request against the user's (or address's) rate limit.
+
+        Stores the rate-limit headers in `context` and raises a 429 ApiError
+        when the limit is exceeded.
+        """
+        if user.id is not None:
+            bucket = f"rl:user:{user.id}"
+        else:
+            bucket = f"rl:addr:{client or 'unknown'}"
+        plan = self.plan_for(user)
+        try:
+            decision = await self.limiter.check(bucket, plan)
+        except RedisUnavailable:
+            raise ApiError(
+                503,
+                "rate_limiter_unavailable",
+                "the rate limiter is unavailable; retry in a second",
+                headers={"Retry-After": "1"},
+            ) from None
+        context["ratelimit"] = decision.headers()
+        if not decision.allowed:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"rate limit of plan {plan.name!r} exceeded ({plan.burst} at once, "
+                f"{plan.requests_per_minute} per minute); retry after "
+                f"{decision.retry_after:.2f} s",
+                extra={"retry_after_seconds": round(decision.retry_after, 3)},
+            )
