@@ -286,10 +286,12 @@ async def check_readyz(target: Target, result: Result, timeout: float) -> None:
     except ValueError:
         body = None
     if isinstance(body, dict):
+        # The app nests the sync progress under "sync"; a flat body also works.
+        progress = body.get("sync") if isinstance(body.get("sync"), dict) else body
         result.ready = bool(body.get("ready"))
-        result.lag_seconds = _number(body.get("lag_seconds"))
-        result.docs_read = body.get("docs_read")
-        result.last_error = body.get("last_error")
+        result.lag_seconds = _number(progress.get("lag_seconds"))
+        result.docs_read = progress.get("docs_read")
+        result.last_error = progress.get("last_error")
     if response.status_code != 200:
         result.problems.append(f"/readyz returned HTTP {response.status_code}")
     if result.ready is not True:

@@ -71,6 +71,18 @@ def test_healthy_box_reports_everything(healthy_box):
     assert result.disk_percent == local_disk_percent()
 
 
+def test_flat_readyz_body_understood(good_cert):
+    box = Box(good_cert, flat=True)
+    try:
+        result = check(target(box.port))
+    finally:
+        box.close()
+
+    assert result.ready is True
+    assert result.lag_seconds == 0.5
+    assert result.docs_read == 42
+
+
 def test_shared_name_sent_as_host_and_sni(healthy_box):
     check(target(healthy_box.port))
 

@@ -48,8 +48,10 @@ def make_cert(tmp: Path, names: list[str], days: float) -> tuple[Path, Path]:
 class Box:
     """An HTTPS server on loopback that plays one box's /readyz."""
 
-    def __init__(self, cert: tuple[Path, Path], ready: bool = True):
+    def __init__(self, cert: tuple[Path, Path], ready: bool = True,
+                 flat: bool = False):
         self.ready = ready
+        self.flat = flat
         self.requests: list[tuple[str, str, str | None]] = []
         box = self
 
@@ -57,14 +59,15 @@ class Box:
             def do_GET(self):
                 sni = getattr(self.connection, "sni_seen", None)
                 box.requests.append((self.path, self.headers["Host"], sni))
-                body = json.dumps(
-                    {
-                        "ready": box.ready,
-                        "docs_read": 42,
-                        "lag_seconds": 0.5 if box.ready else None,
-                        "last_error": None if box.ready else "primary refused",
-                    }
-                ).encode()
+                progress = {
+                    "ready": box.ready,
+                    "docs_read": 42,
+                    "lag_seconds": 0.5 if box.ready else None,
+                    "last_error": None if box.ready else "primary refused",
+                }
+                # The app's shape: readiness on top, sync progress nested.
+                shape = {"ready": box.ready, "sync": progress}
+                body = json.dumps(progress if box.flat else shape).encode()
                 self.send_response(200 if box.ready else 503)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
