@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -68,6 +69,11 @@ class Image:
     region: str
     release: str
     arch: str
+
+
+def default_cache_dir() -> Path:
+    """Return $FLEET_IMAGE_CACHE if set, else .cache/images/ in the repository."""
+    return Path(os.environ.get("FLEET_IMAGE_CACHE") or CACHE_DIR)
 
 
 def volume_type(release: str) -> str:
@@ -212,9 +218,10 @@ def cache_date(path: Path) -> str:
     return modified.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def store_catalogue(content: bytes, name: str, cache_dir: Path = CACHE_DIR,
+def store_catalogue(content: bytes, name: str, cache_dir: Path | None = None,
                     date: datetime | None = None) -> Path:
     """Write a catalogue into the cache with its date; return the path."""
+    cache_dir = cache_dir or default_cache_dir()
     if name not in (SIMPLESTREAMS_NAME, RELEASES_TABLE_NAME):
         raise ImageError(f"unknown catalogue name {name!r}")
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -227,8 +234,9 @@ def store_catalogue(content: bytes, name: str, cache_dir: Path = CACHE_DIR,
     return path
 
 
-def import_catalogue(source: Path, cache_dir: Path = CACHE_DIR) -> Path:
+def import_catalogue(source: Path, cache_dir: Path | None = None) -> Path:
     """Copy a saved aws.json or releasesTable into the cache; return the path."""
+    cache_dir = cache_dir or default_cache_dir()
     text = source.read_text(encoding="utf-8")
     if '"aaData"' in text:
         name = RELEASES_TABLE_NAME
@@ -252,9 +260,10 @@ def import_catalogue(source: Path, cache_dir: Path = CACHE_DIR) -> Path:
     return target
 
 
-def refresh_catalogue(cache_dir: Path = CACHE_DIR, url: str = SIMPLESTREAMS_URL
+def refresh_catalogue(cache_dir: Path | None = None, url: str = SIMPLESTREAMS_URL
                       ) -> Path:
     """Download the simplestreams aws.json into the cache; return the path."""
+    cache_dir = cache_dir or default_cache_dir()
     import httpx
 
     try:
@@ -268,9 +277,10 @@ def refresh_catalogue(cache_dir: Path = CACHE_DIR, url: str = SIMPLESTREAMS_URL
     return cache_dir / SIMPLESTREAMS_NAME
 
 
-def from_cache(region: str, release: str, arch: str, cache_dir: Path = CACHE_DIR
+def from_cache(region: str, release: str, arch: str, cache_dir: Path | None = None
                ) -> Image:
     """Resolve an AMI from the cached catalogue; raise ImageError if none fits."""
+    cache_dir = cache_dir or default_cache_dir()
     streams = cache_dir / SIMPLESTREAMS_NAME
     table = cache_dir / RELEASES_TABLE_NAME
     if streams.exists():
@@ -299,8 +309,6 @@ def has_aws_credentials() -> bool:
     boto3's chain ends with the EC2 instance metadata service, an HTTP call
     that waits for a timeout off EC2, so it is switched off for this check.
     """
-    import os
-
     import boto3
 
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
@@ -362,12 +370,13 @@ def check_image(image: dict[str, Any], region: str, release: str, arch: str) -> 
 # ----- entry point -----------------------------------------------------------
 
 
-def resolve_ami(region: Region, *, cache_dir: Path = CACHE_DIR,
+def resolve_ami(region: Region, *, cache_dir: Path | None = None,
                 use_ssm: bool | None = None, session: Any = None) -> Image:
     """Return the AMI of an AWS region: pinned, else SSM, else the cache.
 
     `use_ssm` None means: ask SSM when AWS credentials are configured.
     """
+    cache_dir = cache_dir or default_cache_dir()
     if region.provider != "aws":
         raise ImageError(f"region {region.name} is {region.provider}, not aws")
     release = region.ubuntu

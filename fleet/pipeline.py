@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from fleet.regions import Fleet, Region
 
@@ -249,6 +250,11 @@ def run_steps(
             for future in futures:
                 future.result()
 
+    # Rows in selection order, then step order, whatever order they finished in.
+    region_order = {r.name: i for i, r in enumerate(regions)}
+    step_order = {name: i for i, (name, _) in enumerate(steps)}
+    report.results.sort(key=lambda row: (region_order.get(row.region, 0),
+                                         step_order.get(row.step, len(steps))))
     return report
 
 
@@ -319,6 +325,8 @@ def summary_table(report: RunReport, title: str = "") -> Table:
     table.add_column("seconds", justify="right")
     for row in report.results:
         style = None if row.ok else "bold red"
-        table.add_row(row.region, row.step, row.result, f"{row.seconds:.1f}",
-                      style=style)
+        # Text cells: messages contain "[regions.x]", which rich would read
+        # as markup.
+        table.add_row(Text(row.region), Text(row.step), Text(row.result),
+                      f"{row.seconds:.1f}", style=style)
     return table

@@ -184,6 +184,9 @@ class Machine:
                                "does) and try again")
         argv = [executable, *args]
         env = vagrant_env()
+        if self.ctx is not None and self.ctx.run_id:
+            # Read by the rendered Vagrantfile for the cloud "run" tag.
+            env["VATFLEET_RUN"] = self.ctx.run_id
 
         if self.ctx is not None:
             result = self.ctx.run(argv, cwd=self.root, env=env, timeout=timeout)
