@@ -60,6 +60,7 @@ class DelayProxy:
     down_ms: float = 0.0
     connect_timeout: float = 5.0
     connections: int = 0
+    upstream_down: bool = False
     _server: asyncio.Server | None = field(default=None, repr=False)
     _tasks: set[asyncio.Task] = field(default_factory=set, repr=False)
 
@@ -88,6 +89,9 @@ class DelayProxy:
         self.connections += 1
         try:
             await self._serve(client_reader, client_writer)
+        except asyncio.CancelledError:
+            # Only stop() cancels; asyncio's stream callback must not see it.
+            client_writer.close()
         finally:
             self._tasks.discard(task)
 
@@ -98,11 +102,16 @@ class DelayProxy:
             )
         except (OSError, TimeoutError) as error:
             # A dead box looks like a refused connection after the way there.
-            log.info("event=proxy_upstream_failed name=%s error=%s", self.name,
-                     error or type(error).__name__)
+            if not self.upstream_down:
+                log.info("event=proxy_upstream_down name=%s error=%s", self.name,
+                         error or type(error).__name__)
+            self.upstream_down = True
             await asyncio.sleep(self.up_ms / 1000)
             client_writer.close()
             return
+        if self.upstream_down:
+            log.info("event=proxy_upstream_up name=%s", self.name)
+            self.upstream_down = False
 
         try:
             await asyncio.gather(
@@ -313,6 +322,77 @@ def query(server: tuple[str, int], name: str, timeout: float = 2.0) -> list[str]
     return [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A]
 
 
+# Building the multi-box lab's spec
+
+
+def read_net_config(path: Path) -> dict[str, Any]:
+    """Read lab/labnet.toml; raise ValueError naming the file on bad input."""
+    import tomllib
+
+    try:
+        config = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"cannot read lab network file {path}: {error}") from error
+    for key in ("dns", "front_port", "primary_db_port", "boxes"):
+        if key not in config:
+            raise ValueError(f"{path}: missing key {key!r}; see lab/labnet.toml")
+    return config
+
+
+def lab_spec(
+    fleet: Any,
+    net: dict[str, Any],
+    bridge: str,
+    primary_address: str | None,
+) -> dict[str, Any]:
+    """Lay out the proxies and the resolver for the boxes of a fleet.
+
+    Each box gets a front proxy on its own loopback address that delays the
+    client path; each box other than the primary gets a link on the docker
+    bridge address `bridge` that delays its path to the primary's database
+    at `primary_address` (the primary container's address).
+    """
+    proxies = []
+    for region in fleet.regions.values():
+        box = net["boxes"].get(region.name)
+        if box is None:
+            raise ValueError(
+                f"lab network file has no [boxes.{region.name}] table; add one "
+                f"with front and client_ms"
+            )
+        proxies.append({
+            "name": f"{region.name}-front",
+            "listen": f"{box['front']}:{net['front_port']}",
+            "upstream": f"127.0.0.1:{region.https_port}",
+            "up_ms": box.get("client_ms", 0),
+            "down_ms": box.get("client_ms", 0),
+            "serve": True,
+            "region": region.name,
+        })
+        if region.is_primary or primary_address is None:
+            continue
+        proxies.append({
+            "name": f"{region.name}-to-primary",
+            "listen": f"{bridge}:{box['primary_link']}",
+            "upstream": f"{primary_address}:{net['primary_db_port']}",
+            "up_ms": box.get("primary_ms", 0),
+            "down_ms": box.get("primary_ms", 0),
+            "serve": False,
+            "region": region.name,
+        })
+    return {
+        "domain": fleet.project.domain,
+        "dns": net["dns"],
+        "lifetime": float(net.get("lifetime_hours", 8)) * 3600,
+        "proxies": proxies,
+    }
+
+
+def front_endpoints(spec: dict[str, Any]) -> dict[str, str]:
+    """Map each region to its front proxy, in the monitor's endpoints format."""
+    return {p["region"]: p["listen"] for p in spec["proxies"] if p["serve"]}
+
+
 # Running a spec
 
 
@@ -337,7 +417,8 @@ async def serve(spec: dict[str, Any], status_path: Path | None = None) -> None:
         await proxy.start()
 
     candidates = [
-        Candidate(entry["name"], *split_address(entry["listen"]))
+        Candidate(entry.get("region", entry["name"]),
+                  *split_address(entry["listen"]))
         for entry in spec["proxies"]
         if entry.get("serve")
     ]

@@ -93,3 +93,52 @@ def nightly(c, region="all", config=None, timeout=10, cert_days=14,
         red = [e["region"] for e in record["regions"] if not e["green"]]
         raise Exit(f"nightly run red for: {', '.join(red)}; details in {page}",
                    code=runs.EXIT_RED)
+
+
+LAB_CONFIG = "lab/multibox.toml"
+
+
+@task(help={
+    "config": f"regions file of the lab boxes (default: {LAB_CONFIG})",
+    "net": "lab network file: delays, front addresses, resolver (default: "
+           "lab/labnet.toml)",
+})
+def multilab_up(c, config=LAB_CONFIG, net="lab/labnet.toml"):
+    """Start the multi-box lab's delaying proxies and latency resolver."""
+    from fleet import multilab, regions
+
+    try:
+        spec = multilab.up(regions.load(config), Path(net))
+    except FleetError as error:
+        raise Exit(str(error), code=2) from error
+    for proxy in spec["proxies"]:
+        print(f"{proxy['name']:24} {proxy['listen']:22} -> {proxy['upstream']:22} "
+              f"+{proxy['up_ms']:g}/{proxy['down_ms']:g} ms")
+    print(f"resolver: dig @{spec['dns'].replace(':', ' -p ')} {spec['domain']}")
+    print(f"monitor through the proxies: invoke monitor --config {config} "
+          f"--endpoints {multilab.STATE_DIR / 'endpoints.json'}")
+
+
+@task
+def multilab_down(c):
+    """Stop the multi-box lab's proxies and resolver."""
+    from fleet import multilab
+
+    print("stopped" if multilab.down() else "the lab network was not running")
+
+
+@task
+def multilab_status(c):
+    """Show box health and latency as the lab resolver last measured them."""
+    from fleet import multilab
+
+    boxes = multilab.status()
+    if not boxes:
+        raise Exit("the lab network is not running; start it with "
+                   "`invoke multilab-up`", code=1)
+    for box in boxes:
+        state = "healthy" if box["healthy"] else "DOWN"
+        latency = box["latency_ms"]
+        shown = f"{latency:.0f} ms" if latency is not None else "-"
+        print(f"{box['name']:14} {box['address']:12} {state:8} {shown:>8} "
+              f"{box['problem'] or ''}")

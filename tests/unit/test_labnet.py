@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
@@ -271,3 +272,79 @@ def test_labnet_process_serves_spec_and_stops(cert, tmp_path):
     assert answer == ["127.0.2.9"]
     assert code == 0
     assert "event=resolver_stopped" in log
+
+
+def lab_fleet(tmp_path: Path) -> SimpleNamespace:
+    def region(name, port, primary=False):
+        return SimpleNamespace(name=name, https_port=port, is_primary=primary,
+                               box_dir=tmp_path / "boxes" / name)
+
+    regions = [region("lab-primary", 8541, True), region("lab-west", 8542),
+               region("lab-east", 8543)]
+    return SimpleNamespace(
+        project=SimpleNamespace(domain=SHARED, primary="lab-primary"),
+        regions={r.name: r for r in regions},
+    )
+
+
+def test_lab_spec_from_repository_files(tmp_path):
+    net = labnet.read_net_config(REPO / "lab" / "labnet.toml")
+
+    spec = labnet.lab_spec(lab_fleet(tmp_path), net, "172.17.0.1", "172.17.0.5")
+
+    by_name = {p["name"]: p for p in spec["proxies"]}
+    assert spec["domain"] == SHARED
+    assert set(by_name) == {
+        "lab-primary-front", "lab-west-front", "lab-east-front",
+        "lab-west-to-primary", "lab-east-to-primary",
+    }
+    assert by_name["lab-west-front"]["upstream"] == "127.0.0.1:8542"
+    assert by_name["lab-east-to-primary"]["upstream"] == "172.17.0.5:5984"
+    assert by_name["lab-east-to-primary"]["listen"].startswith("172.17.0.1:")
+    assert by_name["lab-east-to-primary"]["serve"] is False
+    fronts = labnet.front_endpoints(spec)
+    assert len(set(fronts.values())) == 3
+    assert all(value.startswith("127.") for value in fronts.values())
+
+
+def test_lab_spec_without_primary_has_no_links(tmp_path):
+    net = labnet.read_net_config(REPO / "lab" / "labnet.toml")
+
+    spec = labnet.lab_spec(lab_fleet(tmp_path), net, "172.17.0.1", None)
+
+    assert all(p["serve"] for p in spec["proxies"])
+
+
+def test_lab_spec_rejects_box_missing_from_net(tmp_path):
+    net = {"dns": "127.0.0.1:5391", "front_port": 8443, "primary_db_port": 5984,
+           "boxes": {}}
+
+    with pytest.raises(ValueError, match=r"no \[boxes.lab-primary\] table"):
+        labnet.lab_spec(lab_fleet(tmp_path), net, "172.17.0.1", None)
+
+
+def test_net_config_missing_key_named(tmp_path):
+    path = tmp_path / "labnet.toml"
+    path.write_text('dns = "127.0.0.1:5391"\n')
+
+    with pytest.raises(ValueError, match="missing key 'front_port'"):
+        labnet.read_net_config(path)
+
+
+def test_couchdb_overrides_point_at_links(tmp_path):
+    from fleet import multilab
+
+    fleet = lab_fleet(tmp_path)
+    primary_dir = fleet.regions["lab-primary"].box_dir
+    primary_dir.mkdir(parents=True)
+    primary_url = "http://admin:s3cret@localhost:5984/users\n"
+    (primary_dir / "couchdb_url").write_text(primary_url)
+    net = labnet.read_net_config(REPO / "lab" / "labnet.toml")
+    spec = labnet.lab_spec(fleet, net, "172.17.0.1", "172.17.0.5")
+
+    written = multilab.write_couchdb_overrides(fleet, spec)
+
+    west = (fleet.regions["lab-west"].box_dir / "couchdb_url").read_text().strip()
+    assert len(written) == 2
+    assert west == "http://admin:s3cret@172.17.0.1:15985/users"
+    assert (written[0].stat().st_mode & 0o777) == 0o600
