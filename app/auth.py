@@ -89,6 +89,7 @@ def key_from_request(authorization: str | None, query_key: str | None) -> str | 
                 f"the Authorization header is {len(authorization)} characters "
                 f"long; send at most {MAX_AUTHORIZATION_LENGTH}, as "
                 "'Bearer vat_...'",
+                headers={"WWW-Authenticate": "Bearer"},
             )
         scheme, _, credentials = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():

@@ -64,6 +64,22 @@ def parse_address(raw: str, what: str = "ip") -> IPAddress:
     return address
 
 
+_NAMED_RANGES = [
+    (kind, ipaddress.ip_network(network))
+    for kind, networks in {
+        "private": ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"),
+        "documentation": (
+            "192.0.2.0/24",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "2001:db8::/32",
+        ),
+        "shared (carrier-grade NAT)": ("100.64.0.0/10",),
+    }.items()
+    for network in networks
+]
+
+
 def _range_kind(address: IPAddress) -> str:
     if address.is_unspecified:
         return "unspecified"
@@ -73,11 +89,12 @@ def _range_kind(address: IPAddress) -> str:
         return "link-local"
     if address.is_multicast:
         return "multicast"
-    if address.is_private:
-        return "private or reserved"
+    for kind, network in _NAMED_RANGES:
+        if address.version == network.version and address in network:
+            return kind
     if address.is_reserved:
         return "reserved"
-    return "not globally routable"
+    return "special-purpose"
 
 
 def check_public(address: IPAddress, what: str = "ip") -> None:

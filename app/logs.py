@@ -13,7 +13,7 @@ class _KeyValueFormatter(logging.Formatter):
         time_text = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
         line = (
             f"time={time_text}.{int(record.msecs):03d}Z level={record.levelname} "
-            f"logger={record.name} {record.getMessage()}"
+            f"pid={record.process} logger={record.name} {record.getMessage()}"
         )
         if record.exc_info:
             line += " traceback=" + repr(self.formatException(record.exc_info))

@@ -15,19 +15,12 @@ import logging
 import time
 
 from app.auth import DocumentStore
+from app.sync import Conflict
 
 log = logging.getLogger("app.usage")
 
 # (user id, UTC day, status class) -> requests
 Counts = collections.Counter
-
-
-def _conflict_types() -> tuple[type[BaseException], ...]:
-    try:
-        from app.sync import Conflict
-    except ImportError:
-        return ()
-    return (Conflict,)
 
 
 class UsageRecorder:
@@ -39,7 +32,6 @@ class UsageRecorder:
         self.pending: Counts = collections.Counter()
         self.flushed_requests = 0
         self.flush_errors = 0
-        self._conflicts = _conflict_types()
 
     def record(self, user_id: str, status: int) -> None:
         """Count one finished request; cheap enough for the request path."""
@@ -109,6 +101,6 @@ class UsageRecorder:
             try:
                 self.store.put(doc)
                 return
-            except self._conflicts:
+            except Conflict:
                 if attempt == attempts - 1:
                     raise

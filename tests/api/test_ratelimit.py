@@ -1,0 +1,110 @@
+"""Rate limits: per user, per anonymous address, with Redis up and down."""
+
+from __future__ import annotations
+
+import pytest
+
+from .servers import free_port
+
+pytestmark = pytest.mark.redis
+
+
+def test_user_limit_returns_429_with_headers(make_client, add_user):
+    key, _ = add_user(plan="free")  # burst 3, 1 per minute
+    client = make_client()
+    statuses = []
+    for _ in range(5):
+        response = client.get("/v1/rates/DE", params={"key": key})
+        statuses.append(response.status_code)
+    assert statuses == [200, 200, 200, 429, 429]
+    assert response.json()["error"] == "rate_limited"
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert response.headers["ratelimit-limit"] == "3"
+    assert response.headers["ratelimit-remaining"] == "0"
+    assert int(response.headers["ratelimit-reset"]) > 0
+
+
+def test_remaining_counts_down(make_client, add_user):
+    key, _ = add_user(plan="free")
+    client = make_client()
+    remaining = [
+        client.get("/v1/rates/DE", params={"key": key}).headers["ratelimit-remaining"]
+        for _ in range(3)
+    ]
+    assert remaining == ["2", "1", "0"]
+
+
+def test_limit_is_per_user_not_per_address(make_client, add_user):
+    first, _ = add_user(plan="free")
+    second, _ = add_user(plan="free")
+    client = make_client()
+    for _ in range(3):
+        client.get("/v1/rates/DE", params={"key": first})
+    assert client.get("/v1/rates/DE", params={"key": first}).status_code == 429
+    assert client.get("/v1/rates/DE", params={"key": second}).status_code == 200
+
+
+def test_anonymous_limit_is_per_address(make_client):
+    first = make_client(peer="81.2.69.160")
+    second = make_client(peer="77.118.0.1")
+    statuses = [first.get("/v1/countries").status_code for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+    assert second.get("/v1/countries").status_code == 200
+
+
+def test_health_endpoints_are_not_limited(make_client):
+    client = make_client()
+    for _ in range(8):
+        client.get("/v1/countries")
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+def test_redis_down_fails_open_and_counts(make_client, add_user, app_logs):
+    key, _ = add_user(plan="free")
+    client = make_client(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_retry_interval=0.0
+    )
+    statuses = [
+        client.get("/v1/rates/DE", params={"key": key}).status_code for _ in range(6)
+    ]
+    assert statuses == [200] * 6
+    health = client.get("/healthz").json()
+    assert health["redis_failures"] == 6
+    assert health["unchecked_requests"] == 6
+    errors = [line for line in app_logs.lines if "ratelimit_redis_error" in line]
+    assert len(errors) == 1
+    assert "cannot connect to Redis" in errors[0]
+
+
+def test_redis_down_skips_redis_for_retry_interval(make_client):
+    client = make_client(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_retry_interval=60.0
+    )
+    for _ in range(4):
+        assert client.get("/v1/countries").status_code == 200
+    health = client.get("/healthz").json()
+    assert health["redis_failures"] == 1
+    assert health["unchecked_requests"] == 4
+
+
+def test_redis_down_fails_closed_when_configured(make_client):
+    client = make_client(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_fail_open=False
+    )
+    response = client.get("/v1/countries")
+    assert response.status_code == 503
+    assert response.json()["error"] == "rate_limiter_unavailable"
+    assert response.headers["retry-after"] == "1"
+
+
+def test_script_reloaded_after_script_flush(make_client, add_user, redis_url):
+    import redis
+
+    key, _ = add_user(plan="free")
+    client = make_client()
+    assert client.get("/v1/rates/DE", params={"key": key}).status_code == 200
+    redis.Redis.from_url(redis_url).script_flush()
+    response = client.get("/v1/rates/DE", params={"key": key})
+    assert response.status_code == 200
+    assert response.headers["ratelimit-remaining"] == "1"
