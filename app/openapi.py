@@ -138,6 +138,7 @@ def openapi_document(vat: VatTable) -> dict:
                                 "caller's own address."
                             ),
                             "schema": {"type": "string", "maxLength": 45},
+                            "example": "77.118.0.1",
                         }
                     ],
                     "responses": {
@@ -158,6 +159,7 @@ def openapi_document(vat: VatTable) -> dict:
                             "required": True,
                             "description": "Two-letter code such as DE (EL, UK too).",
                             "schema": {"type": "string", "pattern": "^[A-Za-z]{2}$"},
+                            "example": "DE",
                         }
                     ],
                     "responses": {
