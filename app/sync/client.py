@@ -118,6 +118,7 @@ class Database:
         json: Any = None,
         timeout: float | httpx.Timeout | None = None,
         on_chunk: Callable[[bytes], None] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """Send one request and return the decoded JSON body.
 
@@ -126,7 +127,9 @@ class Database:
         """
         url = f"{self.url}/{path}" if path else self.url
         content = orjson.dumps(json) if json is not None else None
-        headers = {"Content-Type": "application/json"} if content else None
+        headers = dict(headers or {})
+        if content:
+            headers["Content-Type"] = "application/json"
         try:
             async with self._client.stream(
                 method,
@@ -218,14 +221,23 @@ class Database:
             "feed": "longpoll" if longpoll else "normal",
         }
         timeout: Any = None
+        headers = None
         if include_docs:
             params["include_docs"] = "true"
         if longpoll:
             params["heartbeat"] = str(heartbeat_ms)
             # Without a heartbeat for three intervals the server is gone.
             timeout = httpx.Timeout(self.timeout, read=3 * heartbeat_ms / 1000)
+            # A compressing server (PouchDB Server 4.2) buffers heartbeats
+            # until its gzip block fills, so ask for the plain body.
+            headers = {"Accept-Encoding": "identity"}
         return await self.request(
-            "GET", "_changes", params=params, timeout=timeout, on_chunk=on_chunk
+            "GET",
+            "_changes",
+            params=params,
+            timeout=timeout,
+            on_chunk=on_chunk,
+            headers=headers,
         )
 
     async def revs_diff(self, revs: dict[str, list[str]]) -> dict[str, Any]:
