@@ -1,8 +1,8 @@
 """The multi-box lab's network: delaying TCP proxies and a latency resolver.
 
 Build machines' kernels may lack the `netem` qdisc, so distance is played in
-user space: a `DelayProxy` forwards one TCP port to another and holds every
-chunk for a fixed time per direction, the way a long link delays packets
+user space: a `DelayProxy` forwards one TCP port to another and delays every
+chunk by a fixed time per direction, the way a long link delays packets
 without cutting its bandwidth.
 
 `LabResolver` stands in for latency-based DNS: it probes every box through
@@ -348,9 +348,9 @@ def lab_spec(
     """Lay out the proxies and the resolver for the boxes of a fleet.
 
     Each box gets a front proxy on its own loopback address that delays the
-    client path; each box other than the primary gets a link on the docker
-    bridge address `bridge` that delays its path to the primary's database
-    at `primary_address` (the primary container's address).
+    client path. Each box other than the primary also gets a link on the
+    docker bridge address `bridge`, which delays its path to the primary's
+    database at `primary_address` (the primary container's address).
     """
     proxies = []
     for region in fleet.regions.values():

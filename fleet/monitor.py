@@ -54,7 +54,7 @@ class Target:
 
 @dataclass
 class Result:
-    """What one check found on one box. `problems` is empty on a healthy box."""
+    """Findings of one check on one box. `problems` is empty on a healthy box."""
 
     region: str
     address: str
@@ -393,7 +393,8 @@ async def check_box(
     except TimeoutError:
         result.problems.append(f"checks timed out after {timeout:g} s")
 
-    # An unreachable box also fails the other checks; its first problem says why.
+    # An unreachable box also fails the other checks, and its first problem
+    # names the cause.
     log.info(
         "event=box_checked region=%s address=%s healthy=%s latency_ms=%s "
         "problems=%d",
