@@ -490,3 +490,133 @@ def verify(box: str, address: str, port: int, domain: str, expected: str,
         if time.monotonic() > deadline:
             return Verdict(box, False, detail)
         time.sleep(0.5)
+
+
+# ----- the whole run --------------------------------------------------------
+
+
+@dataclass
+class BoxTarget:
+    """One box to install the certificate on and to verify from outside."""
+
+    region: str
+    kind: str  # "dokku" or "nginx"
+    address: str
+    port: int
+    script: str
+    runner: Runner
+
+
+def box_targets(fleet: Any, regions: list[Any], addresses: dict[str, list[str]],
+                app: str) -> tuple[list[BoxTarget], list[str]]:
+    """Return the boxes to install on, and the regions left out with the reason."""
+    from fleet.dns import https_port
+
+    targets: list[BoxTarget] = []
+    skipped: list[str] = []
+    for region in regions:
+        if "dokku" in region.roles:
+            kind, script = "dokku", dokku_script(app)
+        elif "nginx" in region.roles:
+            kind, script = "nginx", nginx_script(fleet.project.domain)
+        else:
+            skipped.append(f"{region.name}: neither the dokku nor the nginx role")
+            continue
+        found = addresses.get(region.name)
+        if not found:
+            skipped.append(f"{region.name}: no address known; build the box or "
+                           f"pass --address {region.name}=IP")
+            continue
+        ssh_config = region.box_dir / "ssh-config"
+        if not ssh_config.exists():
+            skipped.append(f"{region.name}: {ssh_config} is missing; run "
+                           f"`invoke up --region {region.name}` first")
+            continue
+        targets.append(BoxTarget(region.name, kind, found[0], https_port(region),
+                                 script, ssh_runner(ssh_config, region.name)))
+    return targets, skipped
+
+
+@dataclass
+class BoxResult:
+    """What happened on one box: the action taken and the external check."""
+
+    region: str
+    action: str
+    verdict: Verdict
+
+
+@dataclass
+class Outcome:
+    """The certificate used, whether it was issued now, and each box's result."""
+
+    kept: KeptCertificate
+    issued: bool
+    reason: str
+    boxes: list[BoxResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(b.verdict.ok for b in self.boxes)
+
+
+def renewal_reason(kept: KeptCertificate | None, settings: Settings,
+                   force: bool) -> str | None:
+    """Return why a new certificate is needed, or None to keep the current one."""
+    if force:
+        return "--force given"
+    if kept is None:
+        return "no certificate kept yet"
+    days = kept.days_left()
+    if kept.is_due(settings.renew_days):
+        return f"{days:.1f} days left, fewer than {settings.renew_days}"
+    return None
+
+
+def ensure(domain: str, settings: Settings, route53: Callable[[], tuple[Any, str]],
+           targets: list[BoxTarget], *, force: bool = False,
+           only_where_needed: bool = False, verify_wait: float = 15.0) -> Outcome:
+    """Issue the certificate if due, install it on each box, verify each box.
+
+    `route53` returns (client, zone id) and is called only when a certificate
+    is issued. With `only_where_needed` (the scheduled renewal), a box that
+    already serves the kept certificate is left alone.
+    """
+    kept = load_kept(settings.cert_dir, domain)
+    reason = renewal_reason(kept, settings, force)
+    issued = reason is not None
+    if reason is not None:
+        client, zone_id = route53()
+        kept = issue(domain, settings, client, zone_id)
+    else:
+        reason = f"kept certificate valid for {kept.days_left():.1f} more days"
+    assert kept is not None
+
+    results = []
+    for target in targets:
+        results.append(_install_and_verify(domain, kept, target, issued,
+                                           only_where_needed, verify_wait))
+    return Outcome(kept, issued, reason, results)
+
+
+def _install_and_verify(domain: str, kept: KeptCertificate, target: BoxTarget,
+                        issued: bool, only_where_needed: bool,
+                        verify_wait: float) -> BoxResult:
+    if only_where_needed and not issued:
+        current = verify(target.region, target.address, target.port, domain,
+                         kept.fingerprint, wait=0)
+        if current.ok:
+            return BoxResult(target.region, "already served", current)
+
+    try:
+        install(kept, target.script, target.runner, target.region)
+    except (CertificateError, OSError, subprocess.TimeoutExpired) as error:
+        log.error("event=install_failed box=%s error=%s", target.region, error)
+        return BoxResult(target.region, "install failed",
+                         Verdict(target.region, False, str(error)))
+    verdict = verify(target.region, target.address, target.port, domain,
+                     kept.fingerprint, wait=verify_wait)
+    if not verdict.ok:
+        log.error("event=verify_failed box=%s detail=%s", target.region,
+                  verdict.detail)
+    return BoxResult(target.region, f"installed ({target.kind})", verdict)

@@ -40,7 +40,9 @@ HEALTH_INTERVAL = 30  # seconds between checks from each Route53 checker
 HEALTH_FAILURES = 3  # failed checks in a row before Route53 calls a box down
 DEFAULT_HTTPS_PORT = 443
 ROUTED_TYPES = ("A", "AAAA")
-TAG_BATCH = 10  # ListTagsForResources accepts at most 10 ids per call
+TAG_BATCH = 10
+ADDRESS_KEYS = ("public_ip", "public_ipv4", "public_ipv6", "ipv6", "public_address",
+                "address")  # ListTagsForResources accepts at most 10 ids per call
 
 
 # ----- boxes and their addresses -------------------------------------------
@@ -115,12 +117,13 @@ def manifest_addresses(region: Region) -> list[str]:
 
 
 def _addresses_in(data: Any) -> list[str]:
-    # The manifest stores the instance's public addresses under keys such as
-    # "public_ip"/"public_ipv4"/"ipv6", at top level or inside one resource.
+    # NOTE: the providers do not share one key for the public address yet, so
+    # every usual key is read, at top level or inside a resource entry; values
+    # that do not parse as IP addresses are ignored.
     found: list[str] = []
     if isinstance(data, dict):
         for key, value in data.items():
-            if key in ("public_ip", "public_ipv4", "public_ipv6", "ipv6") and value:
+            if key in ADDRESS_KEYS and value:
                 found.extend(value if isinstance(value, list) else [value])
             elif isinstance(value, (dict, list)):
                 found.extend(_addresses_in(value))

@@ -292,3 +292,36 @@ def test_address_from_ssh_config(tmp_path):
         "Host us-east-1\n  HostName 198.51.100.9\n  User ubuntu\n")
     found = dns.box_addresses(fleet, {"eu-west-1": ["198.51.100.1"]})
     assert found == {"eu-west-1": ["198.51.100.1"], "us-east-1": ["198.51.100.9"]}
+
+
+def test_task_plans_then_applies(tmp_path, aws, capsys):
+    from invoke import Context
+
+    from fleet.cli.dns import dns as dns_task
+
+    client, zone_id = aws
+    config = str(write_fleet(tmp_path))
+    options = [f"{region}={ips[0]}" for region, ips in ADDRESSES.items()]
+
+    dns_task(Context(), config=config, address=options)
+    assert "--apply" in capsys.readouterr().out
+    assert records(client, zone_id) == []
+
+    dns_task(Context(), config=config, address=options, apply=True)
+    assert "3 health check(s) created" in capsys.readouterr().out
+    assert len(records(client, zone_id)) == 3
+
+    dns_task(Context(), config=config, address=options, apply=True)
+    assert "No change" in capsys.readouterr().out
+
+
+def test_task_collision_exits(tmp_path, aws):
+    from invoke import Context, Exit
+
+    from fleet.cli.dns import dns as dns_task
+
+    config = str(write_fleet(tmp_path, scaleway={"fr-par-1": "us-east-1"}))
+    with pytest.raises(Exit) as raised:
+        dns_task(Context(), config=config, address=["eu-west-1=198.51.100.1"])
+    assert raised.value.code == 2
+    assert "us-east-1" in raised.value.message
