@@ -296,7 +296,8 @@ class _Checker:
 
         project = self._project(data.get("project"))
         defaults = self._table(data.get("defaults", {}), "[defaults]")
-        self._check_keys(defaults, "[defaults]", provider=None)
+        valid_defaults = self._check_keys(defaults, "[defaults]", provider=None)
+        defaults = {key: defaults[key] for key in valid_defaults}
         if "provider" in defaults:
             self.fail("[defaults]", "key 'provider' must be set per region, not here")
 
@@ -361,13 +362,13 @@ class _Checker:
         return Project(values["name"], values["domain"], values["primary"], keys_path)
 
     def _check_keys(self, table: dict[str, Any], where: str, provider: str | None
-                    ) -> bool:
-        ok = True
+                    ) -> set[str]:
+        """Report unknown, misplaced and mistyped keys; return the valid ones."""
+        valid = set()
         for key, value in table.items():
             spec = REGION_KEYS.get(key)
             if spec is None:
                 self._unknown_key(where, key, REGION_KEYS)
-                ok = False
                 continue
             if provider is not None and provider not in spec.providers:
                 used_by = ", ".join(spec.providers)
@@ -376,11 +377,10 @@ class _Checker:
                     f"key {key!r} is not used by {provider} regions (only by "
                     f"{used_by}); remove it",
                 )
-                ok = False
                 continue
-            if not self._check_type(where, key, value, spec):
-                ok = False
-        return ok
+            if self._check_type(where, key, value, spec):
+                valid.add(key)
+        return valid
 
     def _unknown_key(self, where: str, key: str, valid: dict[str, Any]) -> None:
         close = difflib.get_close_matches(key, valid, n=1)
@@ -439,9 +439,10 @@ class _Checker:
             spec = REGION_KEYS.get(key)
             if spec is not None and provider in spec.providers:
                 merged[key] = value
-        if not self._check_keys(table, where, provider):
-            return None
-        merged.update(table)
+        # Keys that failed their check are left out, so the values that did
+        # pass are still checked and every problem is reported in one go.
+        valid = self._check_keys(table, where, provider)
+        merged.update({key: table[key] for key in valid})
 
         self._check_values(name, where, provider, merged)
         if len(self.errors) > errors_before:
@@ -532,9 +533,7 @@ class _Checker:
     def _check_zone(self, where: str, name: str, zone: str) -> None:
         if zone in SCALEWAY_ZONES:
             return
-        close = difflib.get_close_matches(zone, SCALEWAY_ZONES, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else (
-            f"valid zones: {', '.join(SCALEWAY_ZONES)}")
+        hint = f"valid zones: {', '.join(SCALEWAY_ZONES)}"
         key = "key 'zone'" if zone != name else "region name (the Scaleway zone)"
         self.fail(where, f"{key} {zone!r} is not a Scaleway zone; {hint}")
 
