@@ -144,3 +144,46 @@ def uvicorn_server(
         yield server
     finally:
         _stop(process, timeout=15)
+
+
+POUCHDB_SERVER = REPO / "tests" / "peers" / "node_modules" / ".bin" / "pouchdb-server"
+
+
+@contextlib.contextmanager
+def pouchdb_server(workdir: Path, timeout: float = 30) -> Iterator[str]:
+    """Run an in-memory PouchDB Server (a CouchDB peer); yield its base URL."""
+    if not POUCHDB_SERVER.exists():
+        raise RuntimeError(
+            f"{POUCHDB_SERVER} is missing; run `npm install` in tests/peers "
+            "(scripts/setup does)"
+        )
+    port = free_port()
+    argv = [
+        str(POUCHDB_SERVER),
+        "-p",
+        str(port),
+        "-o",
+        "127.0.0.1",
+        "-n",
+        "--in-memory",
+        "-c",
+        str(workdir / "pouchdb-config.json"),
+    ]
+    process = subprocess.Popen(
+        argv, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"pouchdb-server did not answer on {url}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        _stop(process)
