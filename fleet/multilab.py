@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from fleet import labnet
 from fleet.errors import FleetError
@@ -78,6 +78,30 @@ def primary_region(fleet: Any) -> Any:
     return fleet.regions[fleet.project.primary]
 
 
+# NOTE: these mirror provision/lab-services.sh (admin user, password file,
+# database name); change them together.
+PRIMARY_ADMIN_FILE = "/etc/vatfleet/couchdb-admin"
+PRIMARY_DATABASE = "users"
+
+
+def primary_url_over_ssh(region: Any) -> str | None:
+    """Build the primary's database URL from its admin password, over SSH."""
+    config = Path(region.box_dir) / "ssh-config"
+    if not config.exists():
+        return None
+    argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o",
+            "ConnectTimeout=5", region.name, f"sudo -n cat {PRIMARY_ADMIN_FILE}"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                              check=True)
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("event=primary_password_unreadable region=%s error=%s",
+                    region.name, type(error).__name__)
+        return None
+    password = quote(done.stdout.strip(), safe="")
+    return f"http://admin:{password}@127.0.0.1:5984/{PRIMARY_DATABASE}"
+
+
 def write_couchdb_overrides(fleet: Any, spec: dict[str, Any]) -> list[Path]:
     """Point each non-primary box's COUCHDB_URL at its delaying link.
 
@@ -86,10 +110,14 @@ def write_couchdb_overrides(fleet: Any, spec: dict[str, Any]) -> list[Path]:
     port. Returns the files written; none when the primary has no such file.
     """
     source = Path(primary_region(fleet).box_dir) / "couchdb_url"
-    if not source.exists():
-        log.info("event=couchdb_override_skipped reason=no_file path=%s", source)
+    url = source.read_text().strip() if source.exists() else primary_url_over_ssh(
+        primary_region(fleet)
+    )
+    if not url:
+        log.info("event=couchdb_override_skipped reason=no_primary_url path=%s",
+                 source)
         return []
-    primary_url = urlsplit(source.read_text().strip())
+    primary_url = urlsplit(url)
     written = []
     for proxy in spec["proxies"]:
         if proxy["serve"]:

@@ -248,7 +248,7 @@ def run_suites(
             note = runner(fleet, region)
         except Exception as error:  # noqa: BLE001 (every region's fate is reported)
             log.error("event=suite_failed region=%s error=%s", region.name, error)
-            return f"infra suite failed to run: {error}"
+            return f"infra step failed: {error}"
         log.info(
             "event=suite_done region=%s seconds=%.1f note=%s",
             region.name, time.monotonic() - started, note,

@@ -348,3 +348,16 @@ def test_couchdb_overrides_point_at_links(tmp_path):
     assert len(written) == 2
     assert west == "http://admin:s3cret@172.17.0.1:15985/users"
     assert (written[0].stat().st_mode & 0o777) == 0o600
+
+
+def test_couchdb_overrides_skipped_without_primary_url(tmp_path):
+    from fleet import multilab
+
+    fleet = lab_fleet(tmp_path)
+    net = labnet.read_net_config(REPO / "lab" / "labnet.toml")
+    spec = labnet.lab_spec(fleet, net, "172.17.0.1", "172.17.0.5")
+
+    written = multilab.write_couchdb_overrides(fleet, spec)
+
+    assert written == []
+    assert not (fleet.regions["lab-west"].box_dir / "couchdb_url").exists()

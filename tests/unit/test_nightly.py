@@ -145,7 +145,7 @@ def test_suite_error_turns_region_red(tmp_path):
 
     problems = record["regions"][0]["problems"]
     assert record["green"] is False
-    assert any("infra suite failed to run" in p for p in problems)
+    assert any("infra step failed" in p for p in problems)
 
 
 def test_stale_junit_is_not_reused(tmp_path):
