@@ -35,8 +35,8 @@ def ctx_for(fleet, name="local", step="up") -> StepContext:
 
 def test_run_logs_output(fleet):
     ctx = ctx_for(fleet)
-    result = ctx.run([sys.executable, "-c", "print('out'); import sys; "
-                      "print('err', file=sys.stderr)"])
+    result = ctx.run([sys.executable, "-c", ("print('out'); import sys; "
+                      "print('err', file=sys.stderr)")])
     assert result.stdout == "out\n"
     assert result.stderr == "err\n"
     text = ctx.log_path.read_text()

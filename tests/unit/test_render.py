@@ -116,7 +116,7 @@ def test_every_provider_names_machine(fleet):
 
 def test_render_is_byte_identical(tmp_fleet):
     fleet = tmp_fleet
-    for name, region in fleet.regions.items():
+    for region in fleet.regions.values():
         image = image_for(region) if region.provider == "aws" else None
         first, changed = render.render(fleet, region, image)
         content = first.read_bytes()
