@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from dnslib import QTYPE, RCODE, RR, TXT
-from dnslib.server import BaseResolver, DNSServer
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
 from moto import mock_aws
 
 from fleet import certs
@@ -147,7 +147,9 @@ def dns_server(route53):
     _, zone_id = route53
     resolver = Route53Resolver(zone_id)
     port = free_port_pair()
-    servers = [DNSServer(resolver, port=port, address="127.0.0.1", tcp=tcp)
+    quiet = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data")
+    servers = [DNSServer(resolver, port=port, address="127.0.0.1", tcp=tcp,
+                         logger=quiet)
                for tcp in (False, True)]
     for server in servers:
         server.start_thread()
@@ -364,3 +366,101 @@ def test_untrusted_directory_rejected(tmp_path, route53, pebble):
         certs.issue(DOMAIN, settings, client, zone_id)
     assert "CERTIFICATE_VERIFY_FAILED" in str(raised.value)
     assert "--ca-bundle" in str(raised.value)
+
+
+def pebble_settings(tmp_path: Path, pebble: dict) -> certs.Settings:
+    return certs.Settings(directory_url=pebble["directory"],
+                          cert_dir=tmp_path / "certs",
+                          ca_bundle=str(pebble["ca"]),
+                          insync_timeout=30, order_timeout=60)
+
+
+def local_target(nginx: dict) -> certs.BoxTarget:
+    base = " ".join(shlex.quote(part) for part in nginx["base"])
+    script = certs.nginx_script(DOMAIN, tls_dir=str(nginx["tls"]),
+                                reload=f"{base} -s reload", sudo="",
+                                test=f"{base} -t -q")
+    return certs.BoxTarget("local-nginx", "nginx", "127.0.0.1", nginx["port"],
+                           script, certs.local_runner())
+
+
+def test_scheduled_renewal_acts_when_needed(tmp_path, route53, dns_server, pebble,
+                                            nginx):
+    client, zone_id = route53
+    settings = pebble_settings(tmp_path, pebble)
+    target = local_target(nginx)
+
+    def zone():
+        return client, zone_id
+
+    first = certs.ensure(DOMAIN, settings, zone, [target], only_where_needed=True)
+    assert first.issued
+    assert first.ok, first.boxes[0].verdict.detail
+    assert first.boxes[0].action == "installed (nginx)"
+
+    # Not due and already served: nothing is issued or installed.
+    second = certs.ensure(DOMAIN, settings, zone, [target], only_where_needed=True)
+    assert not second.issued
+    assert second.kept.fingerprint == first.kept.fingerprint
+    assert second.boxes[0].action == "already served"
+    assert second.ok
+
+    # A box that drifted gets the kept certificate again.
+    placeholder_key = ec.generate_private_key(ec.SECP256R1())
+    (nginx["tls"] / f"{DOMAIN}.crt").write_bytes(
+        pem(make_cert(DOMAIN, placeholder_key, names=[DOMAIN])))
+    (nginx["tls"] / f"{DOMAIN}.key").write_bytes(key_pem(placeholder_key))
+    subprocess.run([*nginx["base"], "-s", "reload"], check=True, timeout=10)
+    placeholder_served = certs.verify(
+        "local-nginx", "127.0.0.1", nginx["port"], DOMAIN,
+        certs.fingerprint_of_der(x509.load_pem_x509_certificate(
+            (nginx["tls"] / f"{DOMAIN}.crt").read_bytes()).public_bytes(
+                serialization.Encoding.DER)), wait=10)
+    assert placeholder_served.ok, placeholder_served.detail
+    drifted = certs.ensure(DOMAIN, settings, zone, [target], only_where_needed=True)
+    assert not drifted.issued
+    assert drifted.boxes[0].action == "installed (nginx)"
+    assert drifted.ok, drifted.boxes[0].verdict.detail
+
+    # Fewer days left than the renewal threshold: a new certificate.
+    settings.renew_days = int(first.kept.days_left()) + 1
+    due = certs.ensure(DOMAIN, settings, zone, [target], only_where_needed=True)
+    assert due.issued
+    assert "fewer than" in due.reason
+    assert due.kept.fingerprint != first.kept.fingerprint
+    assert due.ok, due.boxes[0].verdict.detail
+
+
+def test_certs_task_issues_then_keeps(tmp_path, route53, dns_server, pebble, capsys):
+    from invoke import Context
+
+    from fleet.cli.dns import certs as certs_task
+
+    config = tmp_path / "regions.toml"
+    config.write_text(LAB_FLEET)
+    options = {"config": str(config), "directory": pebble["directory"],
+               "ca_bundle": str(pebble["ca"]), "cert_dir": str(tmp_path / "certs")}
+
+    certs_task(Context(), **options)
+    first = capsys.readouterr().out
+    assert f"Issued certificate for {DOMAIN}" in first
+    assert "lab-one" in first  # skipped: the box has no ssh-config yet
+
+    certs_task(Context(), renew_if_due=True, **options)
+    assert f"Kept certificate for {DOMAIN}" in capsys.readouterr().out
+
+
+LAB_FLEET = f"""
+[project]
+name = "vatrates"
+domain = "{DOMAIN}"
+primary = "lab-one"
+
+[regions.lab-one]
+provider = "docker"
+hostname = "lab-one.vatrates.test"
+roles = ["base", "nginx"]
+ssh_port = 2291
+http_port = 8291
+https_port = 8491
+"""
