@@ -111,9 +111,11 @@ def lab():
                 timeout=4800))
     multilab.down()
     spec = multilab.up(fleet)
-    # The regions' database URLs now point at their delayed links.
-    must(invoke("deploy", "--config", str(CONFIG), "--region", "lab-west,lab-east",
-                timeout=900))
+    # Provision and deploy the regions again, so that their database URLs
+    # point at the delayed links that multilab-up wrote.
+    for task in ("provision", "deploy"):
+        must(invoke(task, "--config", str(CONFIG), "--region", "lab-west,lab-east",
+                    timeout=900))
     yield fleet, spec
     multilab.down()
     # Leave the stopped box running again even when the test failed midway.
