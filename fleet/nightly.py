@@ -232,8 +232,9 @@ def infra_step(fleet: Any, region: Any) -> str:
 
     log_path = Path(region.box_dir) / "logs" / "nightly.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    return infra.run(StepContext(fleet=fleet, region=region, log_path=log_path,
-                                 keep=True))
+    context = StepContext(fleet=fleet, region=region, log_path=log_path, keep=True,
+                          step="test")
+    return infra.run(context)
 
 
 def run_suites(
