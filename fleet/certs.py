@@ -4,11 +4,11 @@ Behind latency DNS, HTTP-01 validation is unreliable: the CA's validator
 may be routed to another region's box, which does not hold the token. A
 DNS-01 challenge is answered once, in the hosted zone, for every box.
 
-The flow: the account key is kept in the certificate directory (default
-`.cache/certs/`, one key per ACME directory URL), a new key and CSR are made
-for each issuance, the TXT record `_acme-challenge.<name>` is written with
-UPSERT and awaited until Route53 reports INSYNC, the order is finalized, and
-the TXT record is deleted again. The full chain, the key and their dates
+The account key is kept in the certificate directory (default
+`.cache/certs/`, one key per ACME directory URL). Each issuance makes a new
+key and CSR and writes the TXT record `_acme-challenge.<name>` with UPSERT.
+Once Route53 reports the change INSYNC, the order is finalized and the TXT
+record is deleted again. The full chain, the key and their dates
 are kept on disk, then installed on every box: `dokku certs:add` (or
 `certs:update`) on Dokku boxes, the files nginx reads on lab boxes.
 
@@ -60,7 +60,7 @@ class CertificateError(FleetError):
 
 @dataclass
 class Settings:
-    """Where to ask for the certificate and where to keep it."""
+    """ACME directory, certificate directory and renewal settings."""
 
     directory_url: str = LETS_ENCRYPT
     cert_dir: Path = Path(".cache/certs")
@@ -464,7 +464,7 @@ def served_fingerprint(address: str, port: int, server_name: str,
 
 @dataclass
 class Verdict:
-    """What one box served when asked for the shared name."""
+    """Result of checking one box: whether it serves the certificate, and why."""
 
     box: str
     ok: bool
@@ -475,7 +475,7 @@ def verify(box: str, address: str, port: int, domain: str, expected: str,
            wait: float = 15.0) -> Verdict:
     """Check that a box serves the expected certificate, retrying up to `wait` s.
 
-    A reload of nginx is asynchronous, so old workers may answer for a moment.
+    A reload of nginx is asynchronous, so old workers may serve for a moment.
     """
     deadline = time.monotonic() + wait
     while True:
@@ -497,7 +497,7 @@ def verify(box: str, address: str, port: int, domain: str, expected: str,
 
 @dataclass
 class BoxTarget:
-    """One box to install the certificate on and to verify from outside."""
+    """Box that gets the certificate, and the address it is verified at."""
 
     region: str
     kind: str  # "dokku" or "nginx"
@@ -539,7 +539,7 @@ def box_targets(fleet: Any, regions: list[Any], addresses: dict[str, list[str]],
 
 @dataclass
 class BoxResult:
-    """What happened on one box: the action taken and the external check."""
+    """Result on one box: the action taken and the external check."""
 
     region: str
     action: str

@@ -9,7 +9,7 @@ so for a box outside AWS the routing is as good as that mapping.
 
 Each box also gets a Route53 health check (HTTPS on the box's own address,
 the shared name as SNI and Host, path /readyz), attached to its records, so
-a failing box drops out of the answers.
+Route53 stops returning a failing box.
 
 `plan()` compares what Route53 holds with what the fleet wants and returns
 the change set; `apply()` creates missing health checks and sends every
@@ -118,7 +118,7 @@ def manifest_addresses(region: Region) -> list[str]:
 
 def _addresses_in(data: Any) -> list[str]:
     # NOTE: the providers do not share one key for the public address yet, so
-    # every usual key is read, at top level or inside a resource entry; values
+    # every usual key is read, at top level or inside a resource entry. Values
     # that do not parse as IP addresses are ignored.
     found: list[str] = []
     if isinstance(data, dict):
@@ -297,7 +297,7 @@ def fqdn(name: str) -> str:
 
 
 def read_records(client: Any, zone_id: str, name: str) -> list[dict[str, Any]]:
-    """Return the A and AAAA record sets Route53 holds for exactly `name`."""
+    """Return the A and AAAA record sets Route53 has for exactly `name`."""
     wanted = fqdn(name)
     records: list[dict[str, Any]] = []
     paginator = client.get_paginator("list_resource_record_sets")
@@ -313,7 +313,7 @@ def read_records(client: Any, zone_id: str, name: str) -> list[dict[str, Any]]:
 
 def find_zone(client: Any, domain: str, zone_id: str | None = None
               ) -> tuple[str, str]:
-    """Return (id, name) of the public hosted zone that holds `domain`."""
+    """Return (id, name) of the public hosted zone that contains `domain`."""
     if zone_id:
         zone = client.get_hosted_zone(Id=zone_id)["HostedZone"]
         name = zone["Name"]
@@ -381,7 +381,7 @@ class Change:
 
 @dataclass
 class Plan:
-    """What `apply()` will do: health checks to create, then one ChangeBatch."""
+    """Planned work for `apply()`: health checks to create, then one ChangeBatch."""
 
     zone_id: str
     domain: str
@@ -391,6 +391,7 @@ class Plan:
     stale_checks: list[str] = field(default_factory=list)
     unchanged: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -433,9 +434,28 @@ def plan(client: Any, fleet: Fleet, boxes: list[Box], zone_id: str,
                   else f"set identifier {identifier!r} is no box in {fleet.path.name}")
         result.changes.append(Change("DELETE", old, reason))
 
+    result.warnings.extend(unreachable_warnings(boxes))
     _reject_region_clash(result, fleet)
     _collect_stale_checks(result, check_ids)
     return result
+
+
+def unreachable_warnings(boxes: list[Box]) -> list[str]:
+    """Warn about addresses Route53's health checkers cannot reach.
+
+    The Route53 API reference (HealthCheckConfig, IPAddress) states that it
+    cannot check endpoints in local, private, non-routable or multicast
+    ranges, so such a box's check never passes.
+    """
+    warnings = []
+    for box in boxes:
+        address = ipaddress.ip_address(box.health_address)
+        if not address.is_global:
+            warnings.append(
+                f"{box.region}: {address} is not a public address, so Route53's "
+                f"health checkers cannot reach it and will mark the box unhealthy"
+            )
+    return warnings
 
 
 def _box_of(boxes: list[Box], region: str) -> Box | None:
@@ -451,8 +471,8 @@ def _choose_health_checks(result: Plan, project: str, boxes: list[Box],
         config = health_check_config(box, result.domain)
         reference = caller_reference(project, box.region, config)
         match = next(
-            (c for c in checks if c.region == box.region
-             and (c.caller_reference == reference or _config_matches(c.config, config))),
+            (c for c in checks if c.region == box.region and (
+                c.caller_reference == reference or _config_matches(c.config, config))),
             None,
         )
         if match:
@@ -477,7 +497,7 @@ def _wanted_records(boxes: list[Box], domain: str,
 
 def _reject_region_clash(result: Plan, fleet: Fleet) -> None:
     # A record kept as it is (its box has no known address this run) still
-    # holds its latency region, and Route53 rejects a second one beside it.
+    # uses its latency region, and Route53 rejects a second one beside it.
     created = {(c.record["Type"], c.record["Region"]): c.record["SetIdentifier"]
                for c in result.changes if c.action == "CREATE"}
     for record in result.unchanged:

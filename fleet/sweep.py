@@ -3,9 +3,9 @@
 Every resource the builder creates carries the tag `project` (plus `region`
 and `run`) and is listed in `boxes/<region>/manifest.json`. A resource that
 has the tag but appears in no manifest is left over from an interrupted run,
-a deleted checkout or a manual cleanup, and still costs money: EC2
-instances, key pairs, security groups and volumes in every AWS region the
-fleet uses, and Route53 health checks.
+a deleted checkout or a manual cleanup, and it still costs money. The sweep
+covers EC2 instances, key pairs, security groups and volumes in every AWS
+region the fleet uses, and Route53 health checks.
 
 A health check is owned while a manifest exists for the region in its
 `region` tag (the box still exists; `invoke dns` replaces its own stale
@@ -54,7 +54,7 @@ class Leftover:
 
 @dataclass
 class Ownership:
-    """What the manifests under boxes/ still own."""
+    """Resource ids and regions that the manifests under boxes/ still own."""
 
     ids: set[str] = field(default_factory=set)
     regions: set[str] = field(default_factory=set)
@@ -73,7 +73,7 @@ def read_ownership(fleet: Fleet) -> Ownership:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            # A manifest that cannot be read may own anything: refuse to sweep.
+            # A manifest that cannot be read may own anything, so the sweep stops.
             raise ConfigError(
                 f"{path}: cannot read ({error}); fix or restore it before a "
                 f"sweep, because the resources it lists would look unowned"
@@ -117,7 +117,8 @@ def list_ec2(ec2: Any, aws_region: str, project: str) -> list[Leftover]:
         for reservation in page["Reservations"]:
             for instance in reservation["Instances"]:
                 tags = _tags(instance.get("Tags"))
-                detail = f"{instance['State']['Name']} {instance.get('InstanceType', '')}"
+                state = instance["State"]["Name"]
+                detail = f"{state} {instance.get('InstanceType', '')}"
                 found.append(Leftover("instance", instance["InstanceId"], aws_region,
                                       tags, detail.strip()))
 
@@ -138,7 +139,7 @@ def list_ec2(ec2: Any, aws_region: str, project: str) -> list[Leftover]:
             found.append(Leftover("volume", volume["VolumeId"], aws_region,
                                   _tags(volume.get("Tags")), detail))
 
-    # The server-side filter is the fast path; this check keeps a filter that
+    # The server-side filter is the fast path. This check keeps a filter that
     # an endpoint ignores from widening the sweep to untagged resources.
     return [item for item in found if item.tags.get("project") == project]
 
@@ -193,7 +194,7 @@ def find_leftovers(fleet: Fleet, ec2_factory: Ec2Factory, route53: Any,
 
 @dataclass
 class Deletion:
-    """The result of deleting one leftover."""
+    """Result of deleting one leftover: success and the message."""
 
     item: Leftover
     ok: bool
@@ -262,7 +263,7 @@ def _delete_one(item: Leftover, ec2_for: Callable[[str], Any], route53: Any) -> 
     elif item.kind == "security_group":
         _delete_security_group(ec2, item.id)
     elif item.kind == "key_pair":
-        # Key names are unique per region; the detail column holds the name.
+        # Key names are unique per region. The detail column contains the name.
         ec2.delete_key_pair(KeyName=item.detail)
     else:
         raise ValueError(f"unknown leftover kind {item.kind!r}")

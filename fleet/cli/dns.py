@@ -101,6 +101,8 @@ def _print_plan(planned: Any, zone_name: str) -> None:
         console.print(f"health check to delete after the change: {check_id}")
     for reason in planned.skipped:
         console.print(f"[yellow]skipped[/] {reason}")
+    for warning in planned.warnings:
+        console.print(f"[yellow]warning[/] {warning}")
 
 
 @task(

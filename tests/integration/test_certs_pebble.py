@@ -1,9 +1,10 @@
 """Issue the shared certificate from Pebble by DNS-01, install it, verify it.
 
-Everything runs on loopback: Pebble (Debian's package), a DNS server written
-here with dnslib that answers TXT queries from the moto Route53 zone (so the
-challenge record really goes through Route53's API), and a local nginx that
-receives the certificate through the same install script lab boxes get.
+Everything runs on loopback. Pebble (Debian's package) resolves through a
+DNS server written here with dnslib, which reads TXT records from the moto
+Route53 zone, so the challenge record really goes through Route53's API. A
+local nginx receives the certificate through the install script lab boxes
+get.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def route53(monkeypatch):
 
 
 class Route53Resolver(BaseResolver):
-    """Answer TXT queries with what the moto Route53 zone holds."""
+    """Resolver that returns the TXT records of the moto Route53 zone."""
 
     def __init__(self, zone_id: str) -> None:
         self.zone_id = zone_id
@@ -324,7 +325,7 @@ def test_issue_install_verify(tmp_path, route53, dns_server, pebble, nginx):
     meta = json.loads(certs.cert_paths(settings.cert_dir, DOMAIN)["meta"].read_text())
     assert meta["not_after"] == kept.not_after.isoformat()
 
-    # Before installing, the box serves something else: verify must say so.
+    # Before installing, the box serves another certificate: verify fails.
     before = certs.verify("local-nginx", "127.0.0.1", nginx["port"], DOMAIN,
                           kept.fingerprint, wait=0)
     assert not before.ok

@@ -325,3 +325,12 @@ def test_task_collision_exits(tmp_path, aws):
         dns_task(Context(), config=config, address=["eu-west-1=198.51.100.1"])
     assert raised.value.code == 2
     assert "us-east-1" in raised.value.message
+
+
+def test_private_address_warned(tmp_path, aws):
+    client, _ = aws
+    addresses = {**ADDRESSES, "eu-west-1": ["10.0.0.5"], "us-east-1": ["8.8.4.4"]}
+    planned = sync(client, write_fleet(tmp_path), addresses, apply=False)
+    warned = " ".join(planned.warnings)
+    assert "10.0.0.5" in warned
+    assert "8.8.4.4" not in warned
