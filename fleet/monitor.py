@@ -42,7 +42,7 @@ class Target:
     """One box to check, with the address the monitor connects to."""
 
     region: str
-    host: str
+    host: str | None  # None: no manifest or ssh-config names an address yet
     port: int
     server_name: str
     disk_alert_percent: int = 80
@@ -164,8 +164,6 @@ def target_for(
         port = 443
     if endpoints and region.name in endpoints:
         host, port = endpoints[region.name]
-    if not host:
-        host = region.hostname
     return Target(
         region=region.name,
         host=host,
@@ -382,6 +380,13 @@ async def check_box(
         address=f"{target.host}:{target.port}",
         checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    if not target.host:
+        result.problems.append(
+            f"no address known for box {target.region}: no manifest or ssh-config "
+            "in its box folder; build it first (invoke build)"
+        )
+        return result
+
     checks = asyncio.gather(
         check_readyz(target, result, timeout),
         check_certificate(target, result, timeout, cert_days),

@@ -300,3 +300,16 @@ def test_table_lists_each_box(healthy_box):
 
     assert "lab-west" in text
     assert "healthy" in text
+
+
+def test_box_without_address_reported(tmp_path):
+    fleet = SimpleNamespace(project=SimpleNamespace(domain=SHARED))
+    region = SimpleNamespace(
+        name="us-east-1", provider="aws", https_port=None, box_dir=tmp_path,
+        disk_alert_percent=80, hostname="us-east-1.api.vatrates.example",
+    )
+
+    result = check(monitor.target_for(fleet, region))
+
+    assert not result.healthy
+    assert "no address known for box us-east-1" in result.problems[0]
