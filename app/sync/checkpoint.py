@@ -6,7 +6,7 @@ after a batch is stored. On start the two documents are compared: the same
 safe. Otherwise the newest session found in both `history` lists gives the
 start; no shared session, or a missing document on either side, means
 sequence 0. That last rule is what makes a wiped replica pull everything
-again even though the primary still holds its old checkpoint.
+again even though the primary still stores its old checkpoint.
 
 Sources: docs.couchdb.org "Replication Protocol" (Find Common Ancestry,
 Compare Replication Logs) and PouchDB 9's pouchdb-checkpointer.

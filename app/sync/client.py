@@ -245,13 +245,13 @@ class Database:
             return {}
         return await self.request("POST", "_revs_diff", json=revs) or {}
 
-    async def bulk_get(self, wanted: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    async def bulk_get(self, requested: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """Fetch revisions with `_revisions` through `_bulk_get`.
 
         Raises NotFound or CouchError (400, 405) when the server lacks
         `_bulk_get`, so the caller can fall back to `open_revs`.
         """
-        body = {"docs": [{"id": doc_id, "rev": rev} for doc_id, rev in wanted]}
+        body = {"docs": [{"id": doc_id, "rev": rev} for doc_id, rev in requested]}
         result = await self.request(
             "POST",
             "_bulk_get",

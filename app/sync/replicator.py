@@ -1,10 +1,10 @@
 """Pull and push replication between a CouchDB database and the local store.
 
-Each replication follows the CouchDB Replication Protocol: verify the peers,
-derive the replication id, find the start sequence from both checkpoints,
-then repeat: read `_changes`, ask `_revs_diff` what the target lacks, fetch
-those revisions with their history, store them, and only then write the
-checkpoint on both sides.
+Each replication follows the CouchDB Replication Protocol. It verifies the
+peers, derives the replication id and finds the start sequence from both
+checkpoints. Then each batch reads `_changes`, asks `_revs_diff` what the
+target lacks, fetches those revisions with their history and stores them.
+Only after that is the checkpoint written on both sides.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ log = logging.getLogger("app.sync")
 BATCH_SIZE = 1_000
 
 # Rows per `_changes?include_docs=true` request on the fast path.
-FAST_BATCH_SIZE = 10_000
+FAST_BATCH_SIZE = 25_000
 
 # Revisions per `_bulk_get` request.
 BULK_GET_SIZE = 500
@@ -96,7 +96,7 @@ class Replication:
         else:
             self.since = checkpoint.start_seq(local_checkpoint, self._remote_checkpoint)
         log.info(
-            "sync.%s.start replication_id=%s since=%s remote_checkpoint=%s "
+            "event=sync_%s_start replication_id=%s since=%s remote_checkpoint=%s "
             "local_checkpoint=%s",
             self.direction,
             self.rep_id,
@@ -215,12 +215,12 @@ class PullReplication(Replication):
             revs = leaves.setdefault(row["id"], [])
             revs.extend(change["rev"] for change in row.get("changes", []))
         missing = self.store.revs_diff(leaves)
-        wanted = [
+        requested = [
             (doc_id, rev)
             for doc_id, entry in missing.items()
             for rev in entry["missing"]
         ]
-        docs = await self._fetch_revisions(wanted)
+        docs = await self._fetch_revisions(requested)
         self._store(docs)
         await self._checkpoint(response.get("last_seq", rows[-1]["seq"]))
 
@@ -240,12 +240,12 @@ class PullReplication(Replication):
         self.stats.last_seq = seq
 
     async def _fetch_revisions(
-        self, wanted: list[tuple[str, str]]
+        self, requested: list[tuple[str, str]]
     ) -> list[dict[str, Any]]:
         """Fetch the named revisions with `_revisions`, latest leaves first."""
         docs: list[dict[str, Any]] = []
-        for start in range(0, len(wanted), BULK_GET_SIZE):
-            chunk = wanted[start : start + BULK_GET_SIZE]
+        for start in range(0, len(requested), BULK_GET_SIZE):
+            chunk = requested[start : start + BULK_GET_SIZE]
             docs.extend(await self._fetch_chunk(chunk))
         self.stats.docs_read += len(docs)
         self._counts["docs_read"] += len(docs)
@@ -271,7 +271,7 @@ class PullReplication(Replication):
 
     def _drop_bulk_get(self, status: str) -> None:
         log.warning(
-            "sync.pull.bulk_get_unavailable status=%s fallback=open_revs", status
+            "event=sync_pull_bulk_get_unavailable status=%s fallback=open_revs", status
         )
         self.use_bulk_get = False
 
@@ -288,7 +288,9 @@ class PullReplication(Replication):
         The next page is requested while the current one is being stored.
         """
         log.info(
-            "sync.pull.fast_path since=%s batch=%d", self.since, self.fast_batch_size
+            "event=sync_pull_fast_path since=%s batch=%d",
+            self.since,
+            self.fast_batch_size,
         )
         next_page = asyncio.create_task(self._fast_page(self.since))
         try:
@@ -359,7 +361,7 @@ class PushReplication(Replication):
         except NotFound:
             if not self.create_target:
                 raise
-            log.info("sync.push.create_target database=%s", self.remote.url)
+            log.info("event=sync_push_create_target database=%s", self.remote.url)
             await self.remote.create()
 
     async def push_pending(self) -> int:
@@ -389,7 +391,7 @@ class PushReplication(Replication):
         errors = await self.remote.bulk_docs(docs)
         for error in errors:
             log.error(
-                "sync.push.doc_failed doc_id=%s error=%s reason=%s",
+                "event=sync_push_doc_failed doc_id=%s error=%r reason=%s",
                 error.get("id"),
                 error.get("error"),
                 error.get("reason"),
@@ -397,5 +399,5 @@ class PushReplication(Replication):
         self.stats.push_failures += len(errors)
         written = len(docs) - len(errors)
         self.stats.docs_pushed += written
-        log.info("sync.push.batch docs=%d failures=%d", written, len(errors))
+        log.info("event=sync_push_batch docs=%d failures=%d", written, len(errors))
         return written

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 # Keys that describe a revision rather than the document's content.
-META_KEYS = ("_id", "_rev", "_revisions", "_conflicts", "_deleted_conflicts")
+META_KEYS = frozenset(("_id", "_rev", "_revisions", "_conflicts", "_deleted_conflicts"))
 
 
 class InvalidRevision(ValueError):
@@ -175,11 +175,7 @@ class DocTree:
             self.parents[last] = None
         if known:
             return False
-        if not self._has_descendant(newest):
-            self.leaves[newest] = body
+        # Every revision of a merged path gets an entry in `parents`, so a
+        # revision that was unknown until now cannot have a descendant.
+        self.leaves[newest] = body
         return True
-
-    def _has_descendant(self, rev: str) -> bool:
-        # A revision that arrives after its own child (an out-of-order push)
-        # is an ancestor, not a leaf.
-        return any(parent == rev for parent in self.parents.values())

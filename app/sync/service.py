@@ -93,7 +93,7 @@ class SyncService:
         self._remote = Database(self._url, transport=self._transport)
         self._stop.clear()
         log.info(
-            "sync.start primary=%s replica_id=%s push=%s",
+            "event=sync_start primary=%s replica_id=%s push=%s",
             self.safe_url,
             self.store.replica_id,
             self.push_enabled,
@@ -116,7 +116,7 @@ class SyncService:
             await self._remote.aclose()
             self._remote = None
         log.info(
-            "sync.stop docs_read=%d docs_written=%d docs_pushed=%d",
+            "event=sync_stop docs_read=%d docs_written=%d docs_pushed=%d",
             self.stats.docs_read,
             self.stats.docs_written,
             self.stats.docs_pushed,
@@ -186,7 +186,7 @@ class SyncService:
                 self.last_error = str(error)
                 self.failed = True
                 log.error(
-                    "sync.%s.failed error=%s fatal=true", name, redact(str(error))
+                    "event=sync_%s_failed error=%r fatal=true", name, redact(str(error))
                 )
                 return
             except Exception as error:  # noqa: BLE001 - every error is retried
@@ -195,7 +195,7 @@ class SyncService:
                 attempt = 1 if progressed else attempt + 1
                 delay = self._backoff(attempt)
                 log.warning(
-                    "sync.%s.retry attempt=%d delay=%.2f error=%s",
+                    "event=sync_%s_retry attempt=%d delay=%.2f error=%r",
                     name,
                     attempt,
                     delay,
@@ -230,7 +230,7 @@ class SyncService:
             self._ready_event.set()
             self.last_error = None
             log.info(
-                "sync.pull.ready docs=%d docs_read=%d seconds=%.3f last_seq=%s",
+                "event=sync_pull_ready docs=%d docs_read=%d seconds=%.3f last_seq=%s",
                 self.store.doc_count,
                 self.stats.docs_read,
                 time.monotonic() - started,

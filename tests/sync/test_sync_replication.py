@@ -353,7 +353,7 @@ def test_wiped_memory_replica_ignores_stale_checkpoint(pouch_server, db_name):
     remote_checkpoint = pouch_server.get(db_name, checkpoint_ids[0])
     assert remote_checkpoint["source_last_seq"] == 300
 
-    # Same replica id, so the same replication id: the primary still holds
+    # Same replica id, so the same replication id: the primary still stores
     # a checkpoint at seq 300, but the empty store has none.
     pouch_server.bulk_docs(db_name, user_docs(5, start=300))
     wiped = MemoryStore(replica_id="region-a")
@@ -571,7 +571,7 @@ def test_bad_credentials_are_fatal_and_redacted(pouch_server, db_name, caplog):
     assert "401" in progress["last_error"]
     assert "s3cret-pw" not in progress["last_error"]
     assert "s3cret-pw" not in caplog.text
-    assert "sync.pull.failed" in caplog.text
+    assert "event=sync_pull_failed" in caplog.text
 
 
 def test_credentials_never_logged(tmp_path, caplog):
@@ -602,6 +602,6 @@ def test_credentials_never_logged(tmp_path, caplog):
         assert store.doc_count == 21
         assert "s3cret-pw" not in caplog.text
         assert "admin:" not in caplog.text
-        assert "sync.pull.ready" in caplog.text
+        assert "event=sync_pull_ready" in caplog.text
     finally:
         server.close()

@@ -70,8 +70,10 @@ def test_delete_then_recreate(store):
 
 def test_same_edit_gives_same_rev_on_two_stores(tmp_path):
     # Revision ids hash parent and content, so replicas agree on them.
-    one, two = open_store("memory"), open_store(f"sqlite:{tmp_path}/x.db")
-    assert one.put({"_id": "a", "v": 1}) == two.put({"_id": "a", "v": 1})
+    memory_store = open_store("memory")
+    sqlite_store = open_store(f"sqlite:{tmp_path}/x.db")
+    edit = {"_id": "a", "v": 1}
+    assert memory_store.put(dict(edit)) == sqlite_store.put(dict(edit))
 
 
 def test_bulk_docs_keeps_conflicts(store):
