@@ -9,7 +9,7 @@ AWS, in this order:
 3. without credentials, the catalogue cached in .cache/images/: the
    simplestreams file com.ubuntu.cloud:released:aws.json or the EC2 locator's
    releasesTable, which `invoke ami --refresh` downloads from
-   cloud-images.ubuntu.com and `invoke ami --import FILE` copies in.
+   cloud-images.ubuntu.com and `invoke ami --import-file FILE` copies in.
 
 From a catalogue only the newest serial that matches the release, the
 architecture, HVM and SSD storage in exactly that region is taken. There is
@@ -271,7 +271,7 @@ def refresh_catalogue(cache_dir: Path | None = None, url: str = SIMPLESTREAMS_UR
         response.raise_for_status()
     except httpx.HTTPError as error:
         raise ImageError(f"cannot download {url}: {error}; copy a saved file in "
-                         f"with `invoke ami --import FILE` instead") from None
+                         f"with `invoke ami --import-file FILE` instead") from None
     store_catalogue(response.content, SIMPLESTREAMS_NAME, cache_dir)
     log.info("event=catalogue_refreshed url=%s bytes=%d", url, len(response.content))
     return cache_dir / SIMPLESTREAMS_NAME
@@ -398,8 +398,8 @@ def resolve_ami(region: Region, *, cache_dir: Path | None = None,
         f"no image for region {region.name}: no AWS credentials for SSM and no "
         f"cached catalogue in {cache_dir}. Fix one of: run `invoke ami --refresh` "
         f"once with network access, copy a saved aws.json in with `invoke ami "
-        f"--import FILE`, configure AWS credentials, or pin ami = \"ami-...\" in "
-        f"[regions.{region.name}]"
+        f"--import-file FILE`, configure AWS credentials, or pin "
+        f"ami = \"ami-...\" in [regions.{region.name}]"
     )
 
 

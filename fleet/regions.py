@@ -420,7 +420,8 @@ class _Checker:
         self._check_name(name, where)
         provider = table.get("provider")
         if provider is None:
-            self.fail(where, f"missing key 'provider'; set one of {', '.join(PROVIDERS)}")
+            self.fail(where,
+                      f"missing key 'provider'; set one of {', '.join(PROVIDERS)}")
             return None
         if provider not in PROVIDERS:
             self.fail(

@@ -134,8 +134,8 @@ class InstanceClient:
 
     def server_action(self, zone: str, server_id: str, action: str) -> dict:
         """Run poweron, poweroff, reboot or terminate; return the task."""
-        body = self.request("POST", self._zone_path(zone, f"servers/{server_id}/action"),
-                            json={"action": action})
+        path = self._zone_path(zone, f"servers/{server_id}/action")
+        body = self.request("POST", path, json={"action": action})
         return body.get("task", {})
 
     # ----- security groups --------------------------------------------------

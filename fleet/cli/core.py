@@ -96,11 +96,10 @@ def ami(c, region="local", config=None, refresh=False, import_file=None,
         try:
             image = _image_of(item, offline)
         except FleetError as error:
-            failed.append(f"{item.name}: {error}")
+            failed.append(str(error))
             continue
-        if image is None:
-            table.add_row(item.name, "-", "-", f"{item.provider}: no image to pick",
-                          "-")
+        if isinstance(image, str):
+            table.add_row(item.name, "-", "-", image, "-")
         else:
             table.add_row(item.name, image.id, image.serial or "-", image.source,
                           image.date or "-")
@@ -111,21 +110,25 @@ def ami(c, region="local", config=None, refresh=False, import_file=None,
 
 
 def _image_of(region, offline: bool):
+    """Return the region's Image, or a note saying why there is none to show."""
+    import os
+
     from fleet import images
 
     if region.provider == "aws":
         return images.resolve_ami(region, use_ssm=False if offline else None)
-    if region.provider == "scaleway":
-        if offline:
-            return None
-        from fleet import scaleway
+    if region.provider != "scaleway":
+        return f"{region.provider}: image set in the Vagrantfile"
+    if offline or not os.environ.get("SCW_SECRET_KEY"):
+        return "scaleway: resolved per zone at `up` (needs SCW_SECRET_KEY)"
 
-        client = scaleway.InstanceClient.from_env()
-        try:
-            return images.scaleway_image(region, client)
-        finally:
-            client.close()
-    return None
+    from fleet import scaleway
+
+    client = scaleway.InstanceClient.from_env()
+    try:
+        return images.scaleway_image(region, client)
+    finally:
+        client.close()
 
 
 @task(help=COMMON_HELP)

@@ -64,7 +64,8 @@ def test_run_no_check(fleet):
 
 def test_run_input_and_env(fleet):
     result = ctx_for(fleet).run(
-        [sys.executable, "-c", "import os,sys; print(sys.stdin.read() + os.environ['X'])"],
+        [sys.executable, "-c",
+         "import os, sys; print(sys.stdin.read() + os.environ['X'])"],
         input="in-", env={"X": "env"})
     assert result.stdout.strip() == "in-env"
 

@@ -74,7 +74,8 @@ def test_defaults_merge_and_override(tmp_path):
         key_pair = "vatrates"
         private_key = "~/.ssh/vatrates.pem"
         disk_gb = 40
-    """, head=HEAD.replace('[regions.eu-west-1]', '[regions.eu-west-1]\nroles = ["base"]'))
+    """, head=HEAD.replace("[regions.eu-west-1]",
+                           '[regions.eu-west-1]\nroles = ["base"]'))
     fleet = regions.load(path)
     assert fleet.regions["us-east-1"].disk_gb == 40
     assert fleet.regions["eu-west-1"].disk_gb == 30

@@ -97,7 +97,7 @@ def test_docker_settings(fleet):
     assert '"--tmpfs", "/run"' in text
     assert '"-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw"' in text
     for guest, host in ((22, 2222), (80, 8080), (443, 8443)):
-        assert f'guest: {guest}, host: {host}, host_ip: "127.0.0.1"' in text
+        assert f'guest: {guest}, host: {host},\n      host_ip: "127.0.0.1"' in text
     assert 'File.expand_path("../../.lab/ssh/id_ed25519", __dir__)' in text
     assert 'synced_folder ".", "/vagrant", disabled: true' in text
 
@@ -128,7 +128,8 @@ def test_render_is_byte_identical(tmp_fleet):
 
 def test_no_machine_path_or_secret(fleet, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAABCDEFGHIJKLMNOP")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY",
+                       "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
     monkeypatch.setenv("SCW_SECRET_KEY", "11111111-2222-3333-4444-555555555555")
     for name in fleet.regions:
         text = rendered(fleet, name)

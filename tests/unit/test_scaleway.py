@@ -81,7 +81,8 @@ def make_handler(state: StubState):
                 self.reply(200, {"servers": servers})
             elif rest == ["servers"] and method == "POST":
                 server = {"id": str(uuid.uuid4()), "name": body["name"], "zone": zone,
-                          "state": "stopped", "commercial_type": body["commercial_type"],
+                          "state": "stopped",
+                          "commercial_type": body["commercial_type"],
                           "image": {"id": body["image"]}, "tags": body["tags"],
                           "public_ips": [], "public_ip": None}
                 state.servers[server["id"]] = server
@@ -107,7 +108,8 @@ def make_handler(state: StubState):
                 self.reply(202, {"task": {"id": "t1", "description": body["action"],
                                           "status": "pending"}})
             elif rest == ["security_groups"] and method == "GET":
-                groups = [g for g in state.groups.values() if g["name"] == query["name"]]
+                groups = [g for g in state.groups.values()
+                          if g["name"] == query["name"]]
                 self.reply(200, {"security_groups": groups})
             elif rest == ["security_groups"] and method == "POST":
                 group = {"id": str(uuid.uuid4()), **body}
