@@ -114,7 +114,7 @@ def _print_plan(planned: Any, zone_name: str) -> None:
                      "'staging' for Let's Encrypt staging)",
         "email": "contact address for the ACME account (optional)",
         "cert-dir": "where the account key and the certificate are kept "
-                    "(default: .cache/certs next to the regions file)",
+                    "(default: .cache/certs in the repository)",
         "ca-bundle": "CA file to trust for the ACME directory's HTTPS (Pebble)",
         "renew-days": "renew when fewer days than this remain (default: 30)",
         "renew-if-due": "scheduled mode: issue only when due, and install only "
@@ -172,6 +172,7 @@ def _cert_settings(fleet: Any, directory: str | None, email: str,
     from pathlib import Path
 
     from fleet import certs as acme
+    from fleet.regions import REPO_ROOT
 
     named = {None: acme.LETS_ENCRYPT, "production": acme.LETS_ENCRYPT,
              "staging": acme.LETS_ENCRYPT_STAGING}
@@ -189,8 +190,9 @@ def _cert_settings(fleet: Any, directory: str | None, email: str,
                    f"from Let's Encrypt last 90 days)", code=2)
     if ca_bundle and not Path(ca_bundle).is_file():
         raise Exit(f"--ca-bundle {ca_bundle}: file not found", code=2)
+    # The repository's .cache/ is git-ignored, whichever regions file is used.
     base = Path(cert_dir).expanduser() if cert_dir else (
-        fleet.path.parent / ".cache" / "certs")
+        REPO_ROOT / ".cache" / "certs")
     return acme.Settings(directory_url=url, cert_dir=base, email=email,
                          renew_days=days, ca_bundle=ca_bundle)
 

@@ -120,12 +120,14 @@ class Route53Resolver(BaseResolver):
         self.client = boto3.client("route53", region_name="us-east-1")
         self.lock = threading.Lock()
         self.queries: list[str] = []
+        self.serve_txt = True  # False stands in for a zone that is not delegated
 
     def resolve(self, request, handler):
         reply = request.reply()
         qname = str(request.q.qname).lower()
         self.queries.append(f"{qname} {QTYPE[request.q.qtype]}")
-        if request.q.qtype != QTYPE.TXT:
+        if request.q.qtype != QTYPE.TXT or not self.serve_txt:
+            reply.header.rcode = RCODE.NXDOMAIN
             return reply
         with self.lock:
             page = self.client.list_resource_record_sets(
@@ -465,3 +467,19 @@ ssh_port = 2291
 http_port = 8291
 https_port = 8491
 """
+
+
+def test_failed_validation_cleans_up(tmp_path, route53, dns_server, pebble):
+    client, zone_id = route53
+    _, resolver = dns_server
+    resolver.serve_txt = False
+    settings = pebble_settings(tmp_path, pebble)
+
+    with pytest.raises(certs.CertificateError) as raised:
+        certs.issue(DOMAIN, settings, client, zone_id)
+
+    assert DOMAIN in str(raised.value)
+    assert f"_acme-challenge.{DOMAIN}. TXT" in resolver.queries
+    records = client.list_resource_record_sets(HostedZoneId=zone_id)
+    assert [r for r in records["ResourceRecordSets"] if r["Type"] == "TXT"] == []
+    assert certs.load_kept(settings.cert_dir, DOMAIN) is None
