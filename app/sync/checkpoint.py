@@ -23,7 +23,8 @@ import orjson
 # Start of every replication without a usable checkpoint.
 LOWEST_SEQ = 0
 
-# Sessions kept in a checkpoint's history (CouchDB keeps 50).
+# Sessions kept in a checkpoint's history. PouchDB 9 keeps 5; more entries
+# make a shared session likelier after checkpoint writes failed on one side.
 HISTORY_SIZE = 50
 
 REPLICATOR = "vatfleet"

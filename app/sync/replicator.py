@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,8 +185,13 @@ class PullReplication(Replication):
 
     # -- continuous
 
-    async def pull_continuously(self, stop: asyncio.Event) -> None:
-        """Follow the remote's changes with longpoll until `stop` is set."""
+    async def pull_continuously(
+        self, stop: asyncio.Event, on_batch: Callable[[], None]
+    ) -> None:
+        """Follow the remote's changes with longpoll until `stop` is set.
+
+        `on_batch` runs after every response that was stored.
+        """
         while not stop.is_set():
             response = await self.remote.changes(
                 self.since,
@@ -195,6 +201,7 @@ class PullReplication(Replication):
                 on_chunk=self._on_longpoll_chunk,
             )
             await self._apply_changes(response)
+            on_batch()
             if self._is_caught_up(response, self.batch_size):
                 self.stats.mark_caught_up()
 

@@ -73,8 +73,9 @@ class SyncService:
 
         self.stats = Stats()
         self.ready = False
-        self.last_error: str | None = None
         self.failed = False
+        # The newest unresolved error of each task, "pull" and "push".
+        self._errors: dict[str, str | None] = {"pull": None, "push": None}
         self._ready_event = asyncio.Event()
         self._stop = asyncio.Event()
         self._push_wakeup = asyncio.Event()
@@ -151,6 +152,11 @@ class SyncService:
                 )
             await asyncio.sleep(0.05)
 
+    @property
+    def last_error(self) -> str | None:
+        """The newest error that has not been resolved by a later success."""
+        return self._errors["pull"] or self._errors["push"]
+
     def progress(self) -> dict[str, Any]:
         """Return the replication state as a JSON-safe dict for monitoring."""
         lag = None
@@ -183,14 +189,14 @@ class SyncService:
             except asyncio.CancelledError:
                 raise
             except AuthError as error:
-                self.last_error = str(error)
+                self._errors[name] = str(error)
                 self.failed = True
                 log.error(
                     "event=sync_%s_failed error=%r fatal=true", name, redact(str(error))
                 )
                 return
             except Exception as error:  # noqa: BLE001 - every error is retried
-                self.last_error = redact(f"{type(error).__name__}: {error}")
+                self._errors[name] = redact(f"{type(error).__name__}: {error}")
                 progressed = self.stats.docs_written + self.stats.docs_pushed > started
                 attempt = 1 if progressed else attempt + 1
                 delay = self._backoff(attempt)
@@ -199,7 +205,7 @@ class SyncService:
                     name,
                     attempt,
                     delay,
-                    self.last_error,
+                    self._errors[name],
                 )
                 try:
                     await asyncio.wait_for(self._stop.wait(), delay)
@@ -228,7 +234,7 @@ class SyncService:
             await replication.pull_until_caught_up()
             self.ready = True
             self._ready_event.set()
-            self.last_error = None
+            self._errors["pull"] = None
             log.info(
                 "event=sync_pull_ready docs=%d docs_read=%d seconds=%.3f last_seq=%s",
                 self.store.doc_count,
@@ -236,7 +242,10 @@ class SyncService:
                 time.monotonic() - started,
                 self.stats.last_seq,
             )
-        await replication.pull_continuously(self._stop)
+        await replication.pull_continuously(self._stop, self._on_pull_batch)
+
+    def _on_pull_batch(self) -> None:
+        self._errors["pull"] = None
 
     # -- push
 
@@ -254,8 +263,7 @@ class SyncService:
             edits = self._edits
             await replication.push_pending()
             self._edits_pushed = edits
-            if self.ready:
-                self.last_error = None
+            self._errors["push"] = None
             try:
                 await asyncio.wait_for(self._push_wakeup.wait(), self.push_interval)
             except TimeoutError:

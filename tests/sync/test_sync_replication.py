@@ -530,9 +530,20 @@ def test_outage_writes_from_two_replicas_reach_primary(tmp_path):
                 "pending_push not counted",
             )
             await asyncio.sleep(0.5)
+            for service in services:
+                progress = service.progress()
+                assert progress["lag_seconds"] >= 0.5
+                assert progress["last_error"] is not None
             server.start()
             for service in services:
                 await service.push_now(60)
+            # The pushed edits come back through each longpoll, which proves
+            # the pull recovered too.
+            await async_wait_for(
+                lambda: all(s.last_error is None for s in services),
+                20,
+                "errors not cleared after the primary returned",
+            )
             for service in services:
                 await service.stop()
             return shared
