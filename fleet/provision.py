@@ -259,4 +259,5 @@ def run(ctx: Any) -> str:
     if total == 0:
         return "no change"
     detail = ", ".join(f"{name} {count}" for name, count in changes.items() if count)
-    return f"{total} changes ({detail})"
+    noun = "change" if total == 1 else "changes"
+    return f"{total} {noun} ({detail})"
