@@ -9,8 +9,16 @@ import time
 
 
 class _KeyValueFormatter(logging.Formatter):
+    _second = -1
+    _second_text = ""
+
     def format(self, record: logging.LogRecord) -> str:
-        time_text = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
+        # strftime once per second: the request path logs every request.
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        time_text = self._second_text
         line = (
             f"time={time_text}.{int(record.msecs):03d}Z level={record.levelname} "
             f"pid={record.process} logger={record.name} {record.getMessage()}"
@@ -27,7 +35,6 @@ def configure() -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     formatter = _KeyValueFormatter()
-    formatter.converter = time.gmtime
     handler.setFormatter(formatter)
     logger.addHandler(handler)
     logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())

@@ -26,7 +26,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import logs
 from app.auth import ANONYMOUS, User
 from app.errors import ApiError, clip
-from app.geo import check_public, parse_address
 from app.openapi import openapi_document
 from app.services import Services
 from app.settings import Settings
@@ -146,29 +145,8 @@ async def rates_by_ip(request: Request) -> Response:
     services, client = await _admit(request)
     raw = request.query_params.get("ip")
     if raw is None:
-        if client is None:
-            raise ApiError(
-                400,
-                "missing_ip",
-                "the client's address is unknown; pass ?ip=ADDRESS",
-            )
-        address = parse_address(client, what="your address")
-        check_public(address, what="your address")
-    else:
-        address = parse_address(raw)
-        check_public(address)
-
-    location = services.geo.locate(address)
-    if location is None:
-        raise ApiError(
-            404,
-            "country_not_found",
-            f"no country is known for {address}; pass ?ip= with another "
-            "address or ask /v1/rates/{country}",
-            extra={"ip": str(address)},
-        )
-    body = services.rates_body(location.country_code, str(address))
-    return _json(orjson.dumps(body))
+        return _json(services.caller_body(client))
+    return _json(services.lookup_body(raw))
 
 
 async def rates_by_country(request: Request) -> Response:

@@ -21,6 +21,12 @@ from app.usage import UsageRecorder
 
 log = logging.getLogger("app")
 
+# Seconds a resolved API key stays cached, and how many keys are kept.
+USER_CACHE_SECONDS = 5.0
+USER_CACHE_SIZE = 10_000
+# Cached /v1/rates?ip= answers; the cache is emptied when full.
+LOOKUP_CACHE_SIZE = 65_536
+
 _shared_geolocator: geo.Geolocator | None = None
 
 
@@ -61,6 +67,8 @@ class Services:
         self.usage: UsageRecorder | None = None
         self._flusher: asyncio.Task | None = None
         self._unknown_plans: set[str] = set()
+        self._users: dict[str, tuple[User, float]] = {}
+        self._lookups: dict[str, bytes] = {}
         self.country_names: dict[str, str] = {}
         self._rates = {
             code: rates.to_dict(self.vat.source_date)
@@ -170,10 +178,66 @@ class Services:
         return self.plans["free"]
 
     def identify(self, authorization: str | None, query_key: str | None) -> User:
+        """Return the caller's user, from a short-lived cache when possible.
+
+        A key resolved in the last USER_CACHE_SECONDS is not looked up again,
+        so a revoked key or a changed plan takes effect within that time.
+        Unknown keys are not cached.
+        """
         key = key_from_request(authorization, query_key)
         if key is None:
             return ANONYMOUS
-        return resolve_user(self.store, key)
+        now = time.monotonic()
+        cached = self._users.get(key)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        user = resolve_user(self.store, key)
+        if len(self._users) >= USER_CACHE_SIZE:
+            self._users.clear()
+        self._users[key] = (user, now + USER_CACHE_SECONDS)
+        return user
+
+    def lookup_body(self, raw: str) -> bytes:
+        """Return the /v1/rates?ip= body for `raw`, or raise a 4xx ApiError.
+
+        Successful answers are cached by the address as sent, since the
+        geolocation database and the VAT table do not change while the
+        process runs.
+        """
+        body = self._lookups.get(raw)
+        if body is not None:
+            return body
+        address = geo.parse_address(raw)
+        geo.check_public(address)
+        body = orjson.dumps(self._locate_rates(address))
+        if len(self._lookups) >= LOOKUP_CACHE_SIZE:
+            self._lookups.clear()
+        self._lookups[raw] = body
+        return body
+
+    def caller_body(self, client: str | None) -> bytes:
+        """Return the /v1/rates body for the caller's own address."""
+        if client is None:
+            raise ApiError(
+                400,
+                "missing_ip",
+                "the client's address is unknown; pass ?ip=ADDRESS",
+            )
+        address = geo.parse_address(client, what="your address")
+        geo.check_public(address, what="your address")
+        return orjson.dumps(self._locate_rates(address))
+
+    def _locate_rates(self, address: geo.IPAddress) -> dict:
+        location = self.geo.locate(address)
+        if location is None:
+            raise ApiError(
+                404,
+                "country_not_found",
+                f"no country is known for {address}; pass ?ip= with another "
+                "address or ask /v1/rates/{country}",
+                extra={"ip": str(address)},
+            )
+        return self.rates_body(location.country_code, str(address))
 
     def rates_body(self, code: str, ip: str | None = None) -> dict:
         """Return the response body for a country, or raise a 404 ApiError."""

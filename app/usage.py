@@ -21,6 +21,7 @@ log = logging.getLogger("app.usage")
 
 # (user id, UTC day, status class) -> requests
 Counts = collections.Counter
+STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
 class UsageRecorder:
@@ -32,11 +33,18 @@ class UsageRecorder:
         self.pending: Counts = collections.Counter()
         self.flushed_requests = 0
         self.flush_errors = 0
+        self._day = ""
+        self._day_ends = 0.0
 
     def record(self, user_id: str, status: int) -> None:
         """Count one finished request; cheap enough for the request path."""
-        day = time.strftime("%Y-%m-%d", time.gmtime())
-        self.pending[(user_id, day, f"{status // 100}xx")] += 1
+        now = time.time()
+        if now >= self._day_ends:
+            self._day = time.strftime("%Y-%m-%d", time.gmtime(now))
+            self._day_ends = (now // 86400 + 1) * 86400
+        self.pending[
+            (user_id, self._day, STATUS_CLASSES.get(status // 100, "other"))
+        ] += 1
 
     def pending_requests(self) -> int:
         return sum(self.pending.values())

@@ -79,8 +79,9 @@ def test_created_user_reaches_api(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.peers
 def test_create_user_reports_missing_database(tmp_path):
-    with pouchdb_server(tmp_path) as couch:
-        # PouchDB Server creates a database on first write; a path it refuses
-        # shows the error path.
-        with pytest.raises(RuntimeError, match="rejected user document"):
-            create_user_documents(f"{couch}/_bad_name", "a@example.com", "free")
+    # CouchDB database names cannot start with "_", so every write fails.
+    with (
+        pouchdb_server(tmp_path) as couch,
+        pytest.raises(RuntimeError, match="rejected user document"),
+    ):
+        create_user_documents(f"{couch}/_bad_name", "a@example.com", "free")
