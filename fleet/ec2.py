@@ -2,8 +2,8 @@
 
 vagrant-aws launches the instance but expects the key pair and security
 group to exist already. They are created here with boto3, tagged with
-project, region and run, and recorded in the region's manifest; the instance
-id Vagrant stores is recorded after `vagrant up`.
+project, region and run, and recorded in the region's manifest. The instance
+id that Vagrant stores is recorded after `vagrant up`.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ From a catalogue only the newest serial that matches the release, the
 architecture, HVM and SSD storage in exactly that region is taken. There is
 no fallback to paravirtual, instance-store, another region or another release.
 
-Scaleway images are per zone: `scaleway_image()` asks the Marketplace API for
-the image of one zone, and the result is never reused for another zone.
+Scaleway images are per zone: `scaleway_image()` queries the Marketplace API
+for the image of one zone, and the result is never reused for another zone.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ FETCH_TIMEOUT = 30.0
 _AMI_ID = re.compile(r"\bami-(?:[0-9a-f]{17}|[0-9a-f]{8})\b")
 _EXACT_AMI_ID = re.compile(r"^ami-(?:[0-9a-f]{17}|[0-9a-f]{8})$")
 _SERIAL = re.compile(r"^\d{8}(\.\d+)?$")
-# EC2 reports "x86_64"/"arm64"; Ubuntu's catalogues and SSM paths say amd64.
+# EC2 names the architectures "x86_64" and "arm64", while Ubuntu's catalogues
+# and SSM paths use "amd64" and "arm64".
 _EC2_ARCH = {"amd64": "x86_64", "arm64": "arm64"}
 
 
@@ -100,9 +101,9 @@ def pick_from_simplestreams(data: dict[str, Any], region: str, release: str,
                             arch: str) -> tuple[str, str]:
     """Return (ami id, serial) of the newest matching image in an aws.json.
 
-    The file's products are keyed "com.ubuntu.cloud:server:<release>:<arch>";
-    each version (serial) lists items with `crsn` (the region), `virt`
-    ("hvm" or "pv"), `root_store` ("ssd", "ssd-gp3", "instance", ...) and `id`.
+    The file's products are keyed "com.ubuntu.cloud:server:<release>:<arch>".
+    Each version (serial) lists items with `crsn` (the region), `virt` ("hvm"
+    or "pv"), `root_store` ("ssd", "ssd-gp3", "instance", ...) and `id`.
     """
     products = data.get("products")
     if not isinstance(products, dict):

@@ -54,7 +54,7 @@ class StepFailed(Exception):
 
 @dataclass
 class StepContext:
-    """What a step gets: the fleet, its region, its log file and the options."""
+    """Inputs of one step on one region: fleet, region, log file and options."""
 
     fleet: Fleet
     region: Region
@@ -188,11 +188,11 @@ def run_steps(
 ) -> RunReport:
     """Run `steps` on every region and return the report.
 
-    Cloud and docker regions run side by side in a thread pool; virtualbox
+    Cloud and docker regions run side by side in a thread pool. VirtualBox
     regions share one worker, because VirtualBox is not safe to drive from
-    several processes at once. `on_failure` runs for the failed region (the
-    core tasks use it to destroy the box unless --keep) and its note is added
-    to the table.
+    several processes at once. `on_failure` runs for the failed region, and
+    its note is added to the table; the core tasks use it to destroy the box
+    unless --keep was given.
     """
     console = console or Console(stderr=True)
     run_id = run_id or time.strftime("%Y%m%d%H%M%S", time.gmtime())

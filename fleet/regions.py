@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PROVIDERS = ("aws", "scaleway", "virtualbox", "docker")
 CLOUD_PROVIDERS = ("aws", "scaleway")
 
-# Ubuntu LTS releases the image resolver knows, with their codenames.
+# Ubuntu LTS releases the image resolver supports, with their codenames.
 UBUNTU_RELEASES = {"20.04": "focal", "22.04": "jammy", "24.04": "noble"}
 
 # Provisioning steps a region may list in `roles`, in the order provision/

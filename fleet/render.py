@@ -1,8 +1,9 @@
 """Render Vagrantfile.j2 into boxes/<region>/Vagrantfile.
 
 The output depends only on the region settings and the resolved image, so
-rendering twice gives byte-identical files; the run id reaches the cloud tags
-through the VATFLEET_RUN environment variable at `vagrant up` time instead.
+rendering twice gives byte-identical files. The run id is not written: it
+reaches the cloud tags through the VATFLEET_RUN environment variable when
+`vagrant up` runs.
 Render fails fast on what would make Vagrant hang later (a missing or
 world-readable private key) and refuses output that looks like a credential.
 """
@@ -165,7 +166,7 @@ def render_text(fleet: Fleet, region: Region, image: Image | None = None,
 
 
 def check_no_secret(text: str, region: Region) -> None:
-    """Raise RenderError if the rendered text looks like it holds a credential."""
+    """Raise RenderError if the rendered text looks like it contains a credential."""
     for pattern in _SECRET_PATTERNS:
         match = pattern.search(text)
         if match:

@@ -278,9 +278,9 @@ def terminate(client: InstanceClient, fleet: Fleet, region: Region) -> str:
         manifest.set_address("")
         notes.append(f"terminated {entry['id']}")
     for entry in manifest.find("security_group"):
-        # NOTE: a group can only go once its server is gone; terminate runs
-        # asynchronously, so a still-attached group is left for the next
-        # destroy rather than waited for here.
+        # NOTE: a group can be deleted only after its server is gone. Terminate
+        # runs asynchronously, so a group still attached stays for the next
+        # destroy instead of being waited for here.
         try:
             client.delete_security_group(entry["zone"], entry["id"])
             manifest.forget("security_group", entry["id"])
