@@ -307,13 +307,18 @@ def from_cache(region: str, release: str, arch: str, cache_dir: Path | None = No
 def has_aws_credentials() -> bool:
     """Return True when boto3 finds credentials without asking the network.
 
-    boto3's chain ends with the EC2 instance metadata service, an HTTP call
-    that waits for a timeout off EC2, so it is switched off for this check.
+    botocore's chain ends with the EC2 instance metadata service, an HTTP
+    call that waits for a timeout off EC2, so that provider is left out of
+    this check.
+    NOTE: with only an EC2 instance role this returns False, and the image
+    comes from the catalogue cache instead of SSM.
     """
-    import boto3
+    import botocore.session
 
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    return boto3.session.Session().get_credentials() is not None
+    session = botocore.session.get_session()
+    resolver = session.get_component("credential_provider")
+    resolver.remove("iam-role")
+    return resolver.load_credentials() is not None
 
 
 def from_ssm(region: str, release: str, arch: str, session: Any = None) -> Image:
