@@ -27,7 +27,10 @@ log = logging.getLogger("app.sync")
 BATCH_SIZE = 1_000
 
 # Rows per `_changes?include_docs=true` request on the fast path.
-FAST_BATCH_SIZE = 25_000
+FAST_BATCH_SIZE = 10_000
+
+# Documents stored between two yields to the event loop on the fast path.
+STORE_SLICE = 2_000
 
 # Revisions per `_bulk_get` request.
 BULK_GET_SIZE = 500
@@ -336,7 +339,12 @@ class PullReplication(Replication):
                 several.extend((row["id"], rev) for rev in revs)
         self.stats.docs_read += len(single)
         self._counts["docs_read"] += len(single)
-        self._store(single)
+        # Storing in slices, with a yield to the event loop after each,
+        # lets the request for the next page go out while this one is
+        # stored, and keeps /readyz answering during the pull.
+        for start in range(0, len(single), STORE_SLICE):
+            await asyncio.sleep(0)
+            self._store(single[start : start + STORE_SLICE])
         if several:
             self._store(await self._fetch_revisions(several))
 

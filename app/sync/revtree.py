@@ -79,7 +79,11 @@ def revision_path(doc: dict[str, Any]) -> list[str]:
 
 def content_of(doc: dict[str, Any]) -> dict[str, Any]:
     """Return the document body without revision metadata (keeps `_deleted`)."""
-    return {key: value for key, value in doc.items() if key not in META_KEYS}
+    # Copying and popping runs in C, which matters for 50,000 docs per pull.
+    body = dict(doc)
+    for key in META_KEYS:
+        body.pop(key, None)
+    return body
 
 
 def new_rev_id(parent: str | None, deleted: bool, body: dict[str, Any]) -> str:

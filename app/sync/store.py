@@ -8,11 +8,13 @@ them in dicts, `app.sync.sqlite_store.SQLiteStore` in a SQLite file.
 
 from __future__ import annotations
 
+import gc
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from app.sync.revtree import (
@@ -26,6 +28,29 @@ from app.sync.revtree import (
 
 LOCAL_PREFIX = "_local/"
 REPLICA_ID_DOC = "_local/vatfleet-replica"
+
+
+# Batches at least this large run with the cyclic garbage collector paused.
+GC_PAUSE_MIN_DOCS = 1_000
+
+
+@contextmanager
+def gc_paused(count: int) -> Iterator[None]:
+    """Pause the cyclic GC while `count` new objects are built, if many.
+
+    Storing 50,000 documents allocates a few hundred thousand containers,
+    and the collections that triggers took about half of the time of
+    `bulk_docs` (measured with CPython 3.11). Stored documents form no
+    reference cycles, so the pause leaves no garbage behind.
+    """
+    if count < GC_PAUSE_MIN_DOCS or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class Conflict(Exception):
@@ -316,14 +341,19 @@ class Store(ABC):
             except InvalidRevision as error:
                 raise InvalidDocument(str(error)) from error
 
-        with self._transaction():
+        with self._transaction(), gc_paused(len(paths)):
             records = self._load_many(doc_id for doc_id, _, _ in paths)
             changed: dict[str, Record] = {}
             for doc_id, path, body in paths:
                 record = records.get(doc_id)
                 if record is None:
-                    record = records[doc_id] = Record(doc_id, DocTree())
-                if record.tree.merge_path(path, body):
+                    # A new document: its path is the whole tree.
+                    parents = dict(pairwise(path))
+                    parents[path[-1]] = None
+                    tree = DocTree(parents, {path[0]: body})
+                    record = records[doc_id] = Record(doc_id, tree)
+                    changed[doc_id] = record
+                elif record.tree.merge_path(path, body):
                     changed[doc_id] = record
             if changed:
                 self._save(list(changed.values()))
