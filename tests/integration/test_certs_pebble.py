@@ -271,10 +271,25 @@ def nginx(tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_for_port(port, process)
-        yield {"port": port, "tls": tls, "base": base}
+        yield {"port": port, "tls": tls, "base": base, "pid": process.pid}
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def wait_for_one_worker(master: int) -> None:
+    """Wait until the workers from before a reload have exited.
+
+    Until then an old worker may still accept a connection and serve the
+    previous certificate.
+    """
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        if len(children) == 1:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"nginx {master} still had {len(children)} workers after 10 s")
 
 
 def wait_for_port(port: int, process) -> None:
@@ -400,6 +415,7 @@ def test_scheduled_renewal_acts_when_needed(tmp_path, route53, dns_server, pebbl
     assert first.issued
     assert first.ok, first.boxes[0].verdict.detail
     assert first.boxes[0].action == "installed (nginx)"
+    wait_for_one_worker(nginx["pid"])
 
     # Not due and already served: nothing is issued or installed.
     second = certs.ensure(DOMAIN, settings, zone, [target], only_where_needed=True)
@@ -414,6 +430,7 @@ def test_scheduled_renewal_acts_when_needed(tmp_path, route53, dns_server, pebbl
         pem(make_cert(DOMAIN, placeholder_key, names=[DOMAIN])))
     (nginx["tls"] / f"{DOMAIN}.key").write_bytes(key_pem(placeholder_key))
     subprocess.run([*nginx["base"], "-s", "reload"], check=True, timeout=10)
+    wait_for_one_worker(nginx["pid"])
     placeholder_served = certs.verify(
         "local-nginx", "127.0.0.1", nginx["port"], DOMAIN,
         certs.fingerprint_of_der(x509.load_pem_x509_certificate(
