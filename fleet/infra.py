@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import sys
-import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from fleet.errors import FleetError
 from fleet.vagrant import Machine

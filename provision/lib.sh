@@ -167,11 +167,13 @@ restart_if() {
 # ----- nginx version policy ---------------------------------------------------
 
 # Print the version number from `nginx -v` output, which nginx writes to
-# stderr as "nginx version: nginx/1.18.0 (Ubuntu)". Fails on other text.
+# stderr as "nginx version: nginx/1.18.0 (Ubuntu)" (the bare "nginx/1.9.5"
+# form is read too). Fails on other text.
 nginx_version_from_output() {
     local output="$1" version
     version="$(printf '%s\n' "$output" \
-        | sed -n 's|^nginx version: nginx/\([0-9][0-9.]*\).*$|\1|p' | head -n 1)"
+        | sed -n 's|^\(nginx version: \)\{0,1\}nginx/\([0-9][0-9.]*\).*$|\2|p' \
+        | head -n 1)"
     version="${version%.}"
     if [[ -z "$version" ]]; then
         printf 'cannot read an nginx version from %q\n' "$output" >&2
