@@ -334,3 +334,19 @@ def test_private_address_warned(tmp_path, aws):
     warned = " ".join(planned.warnings)
     assert "10.0.0.5" in warned
     assert "8.8.4.4" not in warned
+
+
+def test_address_from_manifest(tmp_path):
+    from fleet.manifest import Manifest
+
+    fleet = load(write_fleet(tmp_path))
+    region = fleet.regions["eu-west-1"]
+    manifest = Manifest.load(fleet, region)
+    manifest.record("instance", "i-0123456789abcdef0", "aws",
+                    {"project": "vatrates"}, address="198.51.100.7")
+    manifest.set_address("198.51.100.7")
+    box_dir = region.box_dir
+    (box_dir / "ssh-config").write_text("Host eu-west-1\n  HostName 198.51.100.99\n")
+
+    assert dns.manifest_addresses(region) == ["198.51.100.7"]
+    assert dns.box_addresses(fleet)["eu-west-1"] == ["198.51.100.7"]
