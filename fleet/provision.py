@@ -96,17 +96,23 @@ def hosts_primary(fleet: Any, region: Any) -> bool:
     )
 
 
-def extra_ca_bundle() -> Path | None:
-    """Return this machine's CA bundle that names extra (proxy) certificates.
+# Debian's and Ubuntu's system CA bundle, used when no variable names one.
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
-    The box installs only the certificates its own Mozilla set lacks.
+
+def extra_ca_bundle() -> Path | None:
+    """Return the CA bundle this machine trusts, to carry into the box.
+
+    The box installs only the certificates its own Mozilla set lacks, such
+    as the CA of a TLS-inspecting proxy, so npm and pip inside the box trust
+    what this machine trusts.
     """
     for variable in ("VATFLEET_CA_BUNDLE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
                      "NODE_EXTRA_CA_CERTS"):
         value = os.environ.get(variable)
         if value and Path(value).is_file():
             return Path(value)
-    return None
+    return SYSTEM_CA_BUNDLE if SYSTEM_CA_BUNDLE.is_file() else None
 
 
 def settings_for(ctx: Any, remote: Remote) -> dict[str, str]:

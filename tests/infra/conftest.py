@@ -10,7 +10,6 @@ would otherwise check the machine pytest runs on.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -65,12 +64,3 @@ def dokku_only(box: Box) -> None:
         pytest.skip("not applicable in the lab: Dokku cannot be installed on a "
                     "lab box (its package repository is out of reach)")
 
-
-def wait_for(check, timeout: float = 60.0, interval: float = 1.0):
-    """Call check() until it returns a truthy value or timeout seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() >= deadline:
-            return result
-        time.sleep(interval)

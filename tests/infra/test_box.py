@@ -9,13 +9,23 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import time
 
 import pytest
-from conftest import wait_for
 
 from fleet import nginx_policy
 
 CURL = "curl -sS --max-time 10 -k"
+
+
+def wait_for(check, timeout: float, interval: float = 1.0):
+    """Call check() until it returns a truthy value or timeout seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() >= deadline:
+            return result
+        time.sleep(interval)
 
 
 def app_url(box, path: str) -> str:
