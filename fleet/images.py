@@ -373,6 +373,32 @@ def check_image(image: dict[str, Any], region: str, release: str, arch: str) -> 
         raise ImageError(f"{image_id} in {region} is not an HVM image")
 
 
+def check_pinned(region: Region, session: Any = None) -> None:
+    """Raise ImageError unless a pinned AMI exists in the region with its arch.
+
+    The owner is not checked here: a pinned id may be the operator's own image.
+    """
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    session = session or boto3.session.Session()
+    try:
+        ec2 = session.client("ec2", region_name=region.name)
+        found = ec2.describe_images(ImageIds=[region.ami])["Images"]
+    except (ClientError, BotoCoreError) as error:
+        raise ImageError(f"pinned ami {region.ami} in [regions.{region.name}]: "
+                         f"{error}") from None
+    if not found:
+        raise ImageError(f"pinned ami {region.ami} does not exist in {region.name}")
+    expected = _EC2_ARCH[region.arch]
+    if found[0].get("Architecture") != expected:
+        raise ImageError(
+            f"pinned ami {region.ami} in [regions.{region.name}] is "
+            f"{found[0].get('Architecture')}, but instance type {region.size} "
+            f"needs {expected}; pin a {region.arch} image or change `size`"
+        )
+
+
 # ----- entry point -----------------------------------------------------------
 
 
@@ -386,12 +412,15 @@ def resolve_ami(region: Region, *, cache_dir: Path | None = None,
     if region.provider != "aws":
         raise ImageError(f"region {region.name} is {region.provider}, not aws")
     release = region.ubuntu
+    if use_ssm is None:
+        use_ssm = session is not None or has_aws_credentials()
+
     if region.ami:
+        if use_ssm:
+            check_pinned(region, session)
         return Image(region.ami, "", "pinned in regions.toml", "", region.name,
                      release, region.arch)
 
-    if use_ssm is None:
-        use_ssm = session is not None or has_aws_credentials()
     if use_ssm:
         return from_ssm(region.name, release, region.arch, session)
 

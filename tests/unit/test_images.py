@@ -338,6 +338,20 @@ def test_ssm_architecture_mismatch(aws):
     assert "needs arm64" in str(caught.value)
 
 
+def test_pinned_ami_architecture_checked(aws):
+    image = canonical_image(aws)
+    region = aws_region(size="t4g.small", ami=image["ImageId"])
+    with pytest.raises(ImageError) as caught:
+        images.resolve_ami(region, session=aws)
+    assert "instance type t4g.small needs arm64" in str(caught.value)
+
+
+def test_pinned_ami_matching_arch(aws):
+    image = canonical_image(aws)
+    resolved = images.resolve_ami(aws_region(ami=image["ImageId"]), session=aws)
+    assert resolved.id == image["ImageId"]
+
+
 def test_scaleway_image_per_zone():
     class Marketplace:
         def list_local_images(self, zone, label):
