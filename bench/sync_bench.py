@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -173,6 +174,7 @@ def machine() -> dict[str, str]:
         "node": node,
         "pouchdb_server": server_version,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load": f"{os.getloadavg()[0]:.1f}",
     }
 
 
@@ -190,12 +192,14 @@ def render(results: dict, info: dict[str, str], docs: int, runs: int) -> str:
         SECTION_START,
         "## Sync: cold pull, warm restart, push",
         "",
-        (
+        textwrap.fill(
             f"Measured by `bench/sync_bench.py` on {info['date']}: {info['cpu']}, "
             f"{info['cores']} cores, Python {info['python']}, Node {info['node']}, "
             f"PouchDB Server {info['pouchdb_server']} (in memory) on 127.0.0.1, "
-            f"{docs:,} user documents. (a), (b), (c) and the memory figure are "
-            f"medians of {runs} runs; the other rows are single runs."
+            f"{docs:,} user documents, 1-minute load average {info['load']} at "
+            f"the end. (a), (b), (c) and the memory figure are medians of {runs} "
+            "runs, interleaved; the other rows are single runs.",
+            width=72,
         ),
         "",
         "| Measurement | Result | Target |",
