@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from app import geo, vat
+from app import geo, logs, vat
 from app.auth import ANONYMOUS, DocumentStore, User, key_from_request, resolve_user
 from app.clientaddr import ClientAddressResolver
 from app.errors import ApiError
@@ -142,6 +142,9 @@ class Services:
             self.usage.flushed_requests if self.usage else 0,
             self.limiter.failures,
         )
+        # uvicorn's worker processes end with os._exit(), which skips the
+        # logging module's flush at exit.
+        logs.flush()
 
     async def _flush_usage_forever(self) -> None:
         while True:

@@ -38,14 +38,18 @@ def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
 
 
 @contextlib.contextmanager
-def redis_server(timeout: float = 10) -> Iterator[str]:
-    """Run redis-server on a free loopback port; yield its redis:// URL."""
+def redis_server(timeout: float = 10, prefix: tuple[str, ...] = ()) -> Iterator[str]:
+    """Run redis-server on a free loopback port; yield its redis:// URL.
+
+    `prefix` goes before the command, such as ("taskset", "-c", "1").
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed; run scripts/setup")
     port = free_port()
     process = subprocess.Popen(
         [
+            *prefix,
             binary,
             "--bind",
             "127.0.0.1",
@@ -99,10 +103,15 @@ def uvicorn_server(
     workers: int = 1,
     ready_path: str = "/healthz",
     timeout: float = 30,
+    prefix: tuple[str, ...] = (),
 ) -> Iterator[Uvicorn]:
-    """Serve `app` ("module:attr") the way the Procfile does, with `workers`."""
+    """Serve `app` ("module:attr") the way the Procfile does, with `workers`.
+
+    `prefix` goes before the command, such as ("taskset", "-c", "0").
+    """
     port = free_port()
     argv = [
+        *prefix,
         sys.executable,
         "-m",
         "uvicorn",
