@@ -1,4 +1,4 @@
-"""Tests for fleet.ec2 and fleet.manifest through moto: tags and the manifest."""
+"""Tests for fleet.ec2 through moto: tags, ports and the manifest entries."""
 
 from __future__ import annotations
 
@@ -104,27 +104,3 @@ def test_delete_recorded(session, fleet):
     assert manifest.Manifest.load(fleet, region).resources == []
     client = session.client("ec2", region_name="eu-west-1")
     assert client.describe_key_pairs()["KeyPairs"] == []
-
-
-def test_manifest_rejects_unknown_kind(fleet):
-    recorded = manifest.Manifest.load(fleet, fleet.regions["local"])
-    with pytest.raises(ValueError):
-        recorded.record("bucket", "b1", "aws", {})
-
-
-def test_manifest_keeps_created_on_update(fleet):
-    region = fleet.regions["local"]
-    recorded = manifest.Manifest.load(fleet, region)
-    first = recorded.record("server", "s1", "scaleway", {"run": "a"})
-    second = recorded.record("server", "s1", "scaleway", {"run": "a"}, address="x")
-    assert second["created"] == first["created"]
-    assert len(manifest.Manifest.load(fleet, region).resources) == 1
-
-
-def test_manifest_corrupt_names_file(fleet):
-    region = fleet.regions["local"]
-    region.box_dir.mkdir(parents=True)
-    (region.box_dir / "manifest.json").write_text("{not json")
-    with pytest.raises(Exception) as caught:
-        manifest.Manifest.load(fleet, region)
-    assert "manifest.json" in str(caught.value)
