@@ -73,14 +73,20 @@ async def pull_once(store, url: str, **options) -> dict:
 
 
 class RecordingTransport(httpx.AsyncBaseTransport):
-    """Forwards to the real server and records every request."""
+    """Forwards to the real server and records every request.
 
-    def __init__(self) -> None:
+    `delay` (seconds) is added before each request, to stretch a pull.
+    """
+
+    def __init__(self, delay: float = 0.0) -> None:
         self.inner = httpx.AsyncHTTPTransport()
         self.requests: list[httpx.Request] = []
+        self.delay = delay
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -162,6 +168,7 @@ def test_conflicting_leaves_match_server(pouch_server, db_name, leaves, path):
         assert not any("open_revs" in url for url in urls)
 
 
+@pytest.mark.slow
 def test_pouchdb_agrees_on_winners_and_conflicts(pouch_server, db_name):
     url = pouch_server.url(db_name)
     pouch_server.bulk_docs(db_name, user_docs(200))
@@ -271,6 +278,7 @@ def test_special_ids_round_trip(pouch_server, db_name, use_bulk_get):
     assert pushed["_rev"] == rev
 
 
+@pytest.mark.slow
 def test_long_history_of_5000_revisions(pouch_server, db_name):
     url = pouch_server.url(db_name)
     ids = [hashlib.md5(str(n).encode()).hexdigest() for n in range(5_000, 0, -1)]
@@ -363,6 +371,7 @@ def test_wiped_memory_replica_ignores_stale_checkpoint(pouch_server, db_name):
     assert wiped.doc_count == 305
 
 
+@pytest.mark.slow
 def test_primary_dies_mid_pull_and_returns(tmp_path):
     data_dir = tmp_path / "primary"
     data_dir.mkdir()
@@ -370,7 +379,7 @@ def test_primary_dies_mid_pull_and_returns(tmp_path):
     server = PouchServer(data_dir=data_dir, port=port).start()
     try:
         server.create_db("users")
-        for start in range(0, 20_000, 5_000):
+        for start in range(0, 10_000, 5_000):
             server.bulk_docs("users", user_docs(5_000, start=start))
         store = open_store("memory")
 
@@ -384,6 +393,9 @@ def test_primary_dies_mid_pull_and_returns(tmp_path):
                 backoff_base=0.2,
                 backoff_max=1.0,
                 heartbeat_ms=500,
+                # At least 20 pages of 500 docs, 50 ms each: a pull of 1 s
+                # or more, so the kill below lands in its middle.
+                transport=RecordingTransport(delay=0.05),
             )
             await service.start()
             await async_wait_for(
@@ -403,11 +415,11 @@ def test_primary_dies_mid_pull_and_returns(tmp_path):
             return read_at_kill, error_during_outage, progress
 
         read_at_kill, error, progress = run(scenario(), timeout=120)
-        assert read_at_kill < 20_000
+        assert read_at_kill < 10_000
         assert "127.0.0.1" in error
         assert progress["ready"] is True
         assert progress["last_error"] is None
-        assert store.doc_count == 20_000
+        assert store.doc_count == 10_000
         assert store_view(store) == server_view(server, "users")
     finally:
         server.close()
@@ -498,6 +510,7 @@ def test_opaque_string_sequences(pouch_server, db_name, tmp_path):
 # -- push and outages
 
 
+@pytest.mark.slow
 def test_outage_writes_from_two_replicas_reach_primary(tmp_path):
     data_dir = tmp_path / "primary"
     data_dir.mkdir()
