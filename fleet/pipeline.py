@@ -2,8 +2,9 @@
 
 A step is a function `run(ctx: StepContext) -> str` that returns a short note
 for the summary table. Each region runs its steps in order and stops at its
-first failure. After a failure no region starts a new step. Commands a step
-runs are appended to `boxes/<region>/logs/<step>.log`.
+first failure. With `fail_fast` (what `invoke build` uses), a failure on one
+region also stops the others from starting a new step. Commands a step runs
+are appended to `boxes/<region>/logs/<step>.log`.
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ def run_steps(
     keep: bool = False,
     run_id: str = "",
     on_failure: Callable[[StepContext, StepFailed], str] | None = None,
+    fail_fast: bool = False,
     console: Console | None = None,
 ) -> RunReport:
     """Run `steps` on every region and return the report.
@@ -192,7 +194,8 @@ def run_steps(
     regions share one worker, because VirtualBox is not safe to drive from
     several processes at once. `on_failure` runs for the failed region, and
     its note is added to the table; the core tasks use it to destroy the box
-    unless --keep was given.
+    unless --keep was given. With `fail_fast`, the first failure keeps every
+    region from starting another step.
     """
     console = console or Console(stderr=True)
     run_id = run_id or time.strftime("%Y%m%d%H%M%S", time.gmtime())
@@ -223,8 +226,8 @@ def run_steps(
                 result = _run_one(ctx, step)
                 _record(report, report_lock, result)
                 if not result.ok:
-                    _handle_failure(ctx, result, report, report_lock, stop,
-                                    on_failure)
+                    _handle_failure(ctx, result, report, report_lock,
+                                    stop if fail_fast else None, on_failure)
                     break
             progress.update(tasks[region.name], description=f"{region.name}: done")
 
@@ -236,7 +239,8 @@ def run_steps(
                 failure = StepFailed("?", region.name, None, repr(error))
                 with report_lock:
                     report.failure = report.failure or failure
-                stop.set()
+                if fail_fast:
+                    stop.set()
 
         def run_serial(group: list[Region]) -> None:
             for region in group:
@@ -295,7 +299,7 @@ def _record(report: RunReport, lock: threading.Lock, result: StepResult) -> None
 
 
 def _handle_failure(ctx: StepContext, result: StepResult, report: RunReport,
-                    lock: threading.Lock, stop: threading.Event,
+                    lock: threading.Lock, stop: threading.Event | None,
                     on_failure: Callable[[StepContext, StepFailed], str] | None,
                     ) -> None:
     failure = StepFailed(ctx.step, ctx.region.name, result.log_path,
@@ -303,7 +307,8 @@ def _handle_failure(ctx: StepContext, result: StepResult, report: RunReport,
     with lock:
         if report.failure is None:
             report.failure = failure
-    stop.set()
+    if stop is not None:
+        stop.set()
     if on_failure is None:
         return
 

@@ -40,7 +40,7 @@ def _select(fleet, region: str):
 
 
 def _run(config: str | None, region: str, steps, *, keep: bool = False,
-         title: str = "", clean_up: bool = False):
+         title: str = "", clean_up: bool = False, fail_fast: bool = False):
     """Run steps over the selected regions, print the table, exit on failure."""
     from fleet import pipeline
     from fleet.steps import destroy_unless_kept
@@ -49,7 +49,7 @@ def _run(config: str | None, region: str, steps, *, keep: bool = False,
     selected = _select(fleet, region)
     report = pipeline.run_steps(
         fleet, selected, steps, keep=keep,
-        on_failure=destroy_unless_kept if clean_up else None,
+        on_failure=destroy_unless_kept if clean_up else None, fail_fast=fail_fast,
     )
     console.print(pipeline.summary_table(report, title))
 
@@ -178,7 +178,8 @@ def build(c, region="local", config=None, keep=False):
     """Run box, render, up, provision, deploy and test; stop at the first failure."""
     from fleet import steps
 
-    _run(config, region, steps.BUILD, keep=keep, title="build", clean_up=True)
+    _run(config, region, steps.BUILD, keep=keep, title="build", clean_up=True,
+         fail_fast=True)
 
 
 @task(help=COMMON_HELP)

@@ -133,6 +133,39 @@ def test_failure_stops_and_cleans_up(fleet):
     assert [r.step for r in report.results] == ["a", "b", "cleanup"]
 
 
+@pytest.mark.parametrize(("fail_fast", "expected"), [
+    (True, "skipped: another step failed"),
+    (False, "ran"),
+])
+def test_fail_fast_stops_other_regions(fleet, fail_fast, expected):
+    started = threading.Event()
+    failed = threading.Event()
+
+    def first(ctx):
+        if ctx.region.name == "local":
+            assert started.wait(timeout=10)
+            raise StepFailed(ctx.step, ctx.region.name, ctx.log_path, "broke")
+        started.set()
+        assert failed.wait(timeout=10)
+        return "waited"
+
+    def second(ctx):
+        return "ran"
+
+    def on_failure(ctx, failure):
+        failed.set()
+        return "cleaned"
+
+    report = pipeline.run_steps(
+        fleet, fleet.select("local,eu-west-1"), [("a", first), ("b", second)],
+        on_failure=on_failure, fail_fast=fail_fast, console=quiet())
+    rows = {(r.region, r.step): r.result for r in report.results}
+    assert rows[("local", "a")] == "FAILED: broke"
+    assert ("local", "b") not in rows
+    assert rows[("eu-west-1", "a")] == "waited"
+    assert rows[("eu-west-1", "b")] == expected
+
+
 def test_unexpected_exception_is_failure(fleet):
     def crash(ctx):
         raise KeyError("oops")
