@@ -17,7 +17,8 @@ from conftest import run
 from couch_peers import PouchServer, free_port, pouchdb_replicate, user_docs
 
 from app.sync import MemoryStore, SyncService, open_store
-from app.sync.client import MAX_URL_BYTES
+from app.sync.client import MAX_URL_BYTES, Database, NotFound
+from app.sync.replicator import PushReplication, Stats
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(180)]
 
@@ -629,3 +630,35 @@ def test_credentials_never_logged(tmp_path, caplog):
         assert "event=sync_pull_ready" in caplog.text
     finally:
         server.close()
+
+
+def test_push_creates_missing_target(pouch_server):
+    url = pouch_server.url("created-by-push")
+    store = open_store("memory")
+    rev = store.put({"_id": "user:1", "plan": "pro"})
+
+    async def scenario():
+        remote = Database(url)
+        try:
+            push = PushReplication(remote, store, Stats(), create_target=True)
+            await push.prepare()
+            return await push.push_pending()
+        finally:
+            await remote.aclose()
+
+    assert run(scenario()) == 1
+    assert pouch_server.get("created-by-push", "user%3A1")["_rev"] == rev
+
+
+def test_push_without_create_target_reports_missing_db(pouch_server):
+    store = open_store("memory")
+
+    async def scenario():
+        remote = Database(pouch_server.url("never-created"))
+        try:
+            await PushReplication(remote, store, Stats()).prepare()
+        finally:
+            await remote.aclose()
+
+    with pytest.raises(NotFound, match="never-created"):
+        run(scenario())

@@ -1,10 +1,10 @@
-"""Revision trees, checkpoint comparison and URL handling, without peers."""
+"""Revision trees, checkpoints, URLs and backoff, without peers."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.sync import checkpoint
+from app.sync import SyncService, checkpoint, open_store
 from app.sync.client import Database, doc_path, redact
 from app.sync.revtree import DocTree, InvalidRevision, parse_rev, revision_path
 
@@ -185,3 +185,17 @@ def test_open_revs_batches_fit_url_limit():
     batches = db.open_revs_batches("doc", revs)
     assert len(batches) > 1
     assert [rev for batch in batches for rev in batch] == revs
+
+
+def test_backoff_doubles_with_jitter_and_cap():
+    service = SyncService(
+        open_store("memory"),
+        "http://127.0.0.1:9/users",
+        backoff_base=0.5,
+        backoff_max=4.0,
+    )
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
+        delays = {service._backoff(attempt) for _ in range(50)}
+        assert min(delays) >= ceiling / 2
+        assert max(delays) <= ceiling
+        assert len(delays) > 1
