@@ -1,6 +1,6 @@
 """Tests for fleet.scaleway against a loopback stub of the Instance API.
 
-Scaleway has no emulator, so the stub answers the calls the builder makes
+Scaleway has no emulator, so the stub replies to the calls the builder makes
 with the documented JSON shapes of Instance v1 and Marketplace v2.
 """
 
