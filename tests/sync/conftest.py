@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import sys
 from pathlib import Path
@@ -32,8 +31,3 @@ def db_name(pouch_server) -> str:
     name = f"users-{next(_db_names)}"
     pouch_server.create_db(name)
     return name
-
-
-def run(coro, timeout: float = 60.0):
-    """Run a coroutine with a deadline, so no test can hang."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))

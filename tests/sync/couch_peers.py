@@ -6,6 +6,7 @@ binds to 127.0.0.1 on a free port and every wait has a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -158,3 +159,8 @@ def user_docs(count: int, start: int = 0) -> list[dict[str, Any]]:
         }
         for number in range(start, start + count)
     ]
+
+
+def run(coro, timeout: float = 60.0):
+    """Run a coroutine with a deadline, so no test can hang."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))

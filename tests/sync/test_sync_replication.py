@@ -13,8 +13,7 @@ from urllib.parse import parse_qsl
 import httpx
 import orjson
 import pytest
-from conftest import run
-from couch_peers import PouchServer, free_port, pouchdb_replicate, user_docs
+from couch_peers import PouchServer, free_port, pouchdb_replicate, run, user_docs
 
 from app.sync import MemoryStore, SyncService, open_store
 from app.sync.client import MAX_URL_BYTES, Database, NotFound
