@@ -63,28 +63,32 @@ def monitor(c, region="all", config=None, json=False, timeout=10, cert_days=14,
 
 @task(help={
     **{key: text for key, text in MONITOR_HELP.items() if key != "json"},
-    "reports": "directory of the JUnit files and nightly/ (default: reports)",
+    "reports": "directory of the JUnit files and nightly/ (default: reports/ "
+               "in the repository)",
     "history": "number of runs kept in nightly/history.json (default: 30)",
 })
 def nightly(c, region="all", config=None, timeout=10, cert_days=14,
-            endpoints=None, ca_file=None, reports="reports", history=30):
+            endpoints=None, ca_file=None, reports=None, history=30):
     """Run the infra suite on every region at once plus the monitor; write HTML.
 
     Exits 0 when every region is green, 1 when any is red, 2 on bad input.
     """
     from fleet import monitor as checks
     from fleet import nightly as runs
+    from fleet.regions import REPO_ROOT
 
+    # The infra step writes its JUnit files under the repository's reports/.
+    reports = Path(reports) if reports else REPO_ROOT / "reports"
     fleet, selected, targets = _targets(region, config, endpoints, ca_file)
     record = runs.run(
         fleet,
         selected,
-        Path(reports),
+        reports,
         lambda: checks.run(targets, float(timeout), float(cert_days)),
         history_size=int(history),
     )
 
-    page = Path(reports) / "nightly" / "index.html"
+    page = reports / "nightly" / "index.html"
     for entry in record["regions"]:
         state = "green" if entry["green"] else "RED  "
         print(f"{state} {entry['region']}: {'; '.join(entry['problems']) or 'ok'}")
