@@ -15,8 +15,10 @@ import logging
 import os
 import re
 import shlex
+import subprocess
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,9 @@ STEP_TIMEOUT = 1800.0
 LAB_ROLE = "lab-services"
 POUCHDB_PORT = 5984
 LAB_DATABASE = "users"
+# How long a lab box waits for the lab primary that a parallel build of the
+# same fleet is still provisioning.
+PRIMARY_WAIT = 1200.0
 _CHANGED_LINE = re.compile(r"^changed=(\d+)$", re.MULTILINE)
 
 
@@ -161,32 +166,58 @@ def db_peers(ctx: Any) -> list[str]:
 def primary_database_url(ctx: Any) -> str:
     """Return COUCHDB_URL for a box that does not run the primary itself.
 
-    Lab boxes read the admin password and address from the lab primary box;
-    cloud boxes take FLEET_COUCHDB_URL from the environment.
+    Lab boxes read the admin password and address from the lab primary box,
+    waiting for it while a parallel build provisions it. Cloud boxes take
+    FLEET_COUCHDB_URL from the environment.
     """
     fleet, region = ctx.fleet, ctx.region
     primary = fleet.regions.get(fleet.project.primary)
     if region.provider != "docker" or primary is None or primary.provider != "docker":
         return os.environ.get("FLEET_COUCHDB_URL", "")
 
+    deadline = time.monotonic() + PRIMARY_WAIT
+    while True:
+        settings = read_lab_primary(ctx, primary)
+        if settings is not None:
+            password, address = settings
+            return f"http://admin:{password}@{address}:{POUCHDB_PORT}/{LAB_DATABASE}"
+        if time.monotonic() >= deadline:
+            raise FleetError(
+                f"box {primary.name} had no primary database within "
+                f"{PRIMARY_WAIT:.0f} s; build it first: "
+                f"invoke build --config {fleet.path} --region {primary.name}"
+            )
+        time.sleep(10)
+
+
+def read_lab_primary(ctx: Any, primary: Any) -> tuple[str, str] | None:
+    """Read the lab primary's admin password and address, or None if not ready.
+
+    This runs outside ctx.run on purpose: ctx.run copies output into the
+    step log, and the output is a password.
+    """
     from fleet.pipeline import StepContext
 
-    probe = StepContext(fleet, primary, ctx.log_path, ctx.keep, ctx.step, ctx.run_id)
-    primary_remote = remote_for(probe)
-    result = ctx.run(
-        primary_remote.ssh(
-            "sudo cat /etc/vatfleet/couchdb-admin && hostname -I"
-        ),
-        check=False, timeout=60,
-    )
+    probe = StepContext(ctx.fleet, primary, ctx.log_path, ctx.keep, ctx.step,
+                        ctx.run_id)
+    try:
+        primary_remote = remote_for(probe)
+    except FleetError as error:
+        ctx.log(f"# primary {primary.name} not reachable yet: {error}")
+        return None
+    argv = primary_remote.ssh("sudo cat /etc/vatfleet/couchdb-admin && hostname -I")
+    ctx.log(f"$ {shlex.join(argv)}  (output not logged: it holds a password)")
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                check=False)
+    except subprocess.TimeoutExpired:
+        return None
     lines = result.stdout.split("\n")
     if result.returncode != 0 or len(lines) < 2 or not lines[1].split():
-        raise FleetError(
-            f"cannot read the primary database settings from box {primary.name}; "
-            f"build it first: invoke build --region {primary.name}"
-        )
-    password, address = lines[0].strip(), lines[1].split()[0]
-    return f"http://admin:{password}@{address}:{POUCHDB_PORT}/{LAB_DATABASE}"
+        ctx.log(f"# primary {primary.name} has no database admin yet "
+                f"(exit {result.returncode})")
+        return None
+    return lines[0].strip(), lines[1].split()[0]
 
 
 def operator_keys(ctx: Any) -> bytes:
