@@ -1,4 +1,4 @@
-"""Nightly runs: the infra suite on every region at once, plus the monitor.
+"""Nightly runs: the monitor, then the infra suite on every region at once.
 
 One run writes `reports/<region>/junit.xml` per region (through the infra
 step), appends a record to `reports/nightly/history.json` (the last
@@ -81,10 +81,11 @@ def region_record(
     problems = list(box.problems) if box else ["not checked by the monitor"]
     if suite.missing:
         problems.append(suite.missing)
-    if suite_note:
-        problems.append(suite_note)
     if suite.failed:
         problems.append("infra tests failed: " + ", ".join(suite.failed[:5]))
+    elif suite_note:
+        # Failing tests also fail the step; its note is only news without them.
+        problems.append(suite_note)
     green = suite.passed and box is not None and box.healthy and not suite_note
     return {
         "region": name,
@@ -271,18 +272,17 @@ def run(
     runner: InfraRunner = infra_step,
     history_size: int = DEFAULT_HISTORY_SIZE,
 ) -> dict[str, Any]:
-    """Run suites and monitor side by side, then write history and the report.
+    """Run the monitor, then every region's suite at once; write the report.
 
-    `check_boxes` runs the monitor over the same regions. Returns the run
-    record; its `green` is False when any region is red.
+    `check_boxes` runs the monitor over the same regions. It runs before the
+    suites because they restart the app to test recovery, and a check
+    during that restart would report an outage the users never see.
+    Returns the run record; its `green` is False when any region is red.
     """
     started = datetime.now(UTC)
     clock = time.monotonic()
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        suites_future = pool.submit(run_suites, fleet, regions, runner, reports)
-        boxes_future = pool.submit(check_boxes)
-        notes = suites_future.result()
-        boxes = {result.region: result for result in boxes_future.result()}
+    boxes = {result.region: result for result in check_boxes()}
+    notes = run_suites(fleet, regions, runner, reports)
 
     records = [
         region_record(
