@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from app.sync.client import AuthError, Database, redact
+from app.sync.client import AuthError, CouchError, Database, redact
 from app.sync.replicator import (
     BATCH_SIZE,
     FAST_BATCH_SIZE,
@@ -195,7 +195,7 @@ class SyncService:
                     "event=sync_%s_failed error=%r fatal=true", name, redact(str(error))
                 )
                 return
-            except Exception as error:  # noqa: BLE001 - every error is retried
+            except Exception as error:  # every error is retried
                 self._errors[name] = redact(f"{type(error).__name__}: {error}")
                 progressed = self.stats.docs_written + self.stats.docs_pushed > started
                 attempt = 1 if progressed else attempt + 1
@@ -206,6 +206,8 @@ class SyncService:
                     attempt,
                     delay,
                     self._errors[name],
+                    # A traceback only for errors that are not the peer's.
+                    exc_info=not isinstance(error, CouchError),
                 )
                 try:
                     await asyncio.wait_for(self._stop.wait(), delay)
