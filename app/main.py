@@ -296,13 +296,14 @@ def create_app(
         finally:
             await services.stop()
 
+    # The router tries routes in order: the busiest first.
     routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/rates", V1Endpoint(rates_by_ip), methods=["GET"]),
         Route("/v1/rates/{country}", V1Endpoint(rates_by_country), methods=["GET"]),
         Route("/v1/countries", V1Endpoint(countries), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.resp import RedisError, RedisUnavailable, RespClient
+from app.resp import RedisError, RedisUnavailable, RespClient, encode_command
 
 log = logging.getLogger("app.ratelimit")
 
@@ -144,6 +144,7 @@ class RateLimiter:
         self._skip_until = 0.0
         self._last_log = -math.inf
         self._failures_logged = 0
+        self._encoded: dict[str, tuple[bytes, bytes]] = {}
 
     async def check(self, bucket: str, plan: Plan) -> Decision:
         """Count one request against `bucket`; return the decision.
@@ -167,14 +168,27 @@ class RateLimiter:
             reset=reset_us / 1e6,
         )
 
+    def _command(self, bucket: str, plan: Plan) -> bytes:
+        # Only the bucket changes between requests of a plan: the rest of the
+        # EVALSHA command is encoded once per plan.
+        parts = self._encoded.get(plan.name)
+        if parts is None:
+            head = encode_command("EVALSHA", GCRA_SHA, 1, "")
+            head = head[: head.rindex(b"$")].replace(b"*4\r\n", b"*6\r\n", 1)
+            tail = encode_command(plan.interval_us, plan.burst).split(b"\r\n", 1)[1]
+            parts = self._encoded[plan.name] = (head, tail)
+        head, tail = parts
+        key = bucket.encode()
+        return b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail)
+
     async def _evalsha(self, bucket: str, plan: Plan) -> list:
-        command = ("EVALSHA", GCRA_SHA, 1, bucket, plan.interval_us, plan.burst)
-        reply = await self.client.execute(*command)
+        command = self._command(bucket, plan)
+        reply = await self.client.execute_encoded(command)
         if isinstance(reply, RedisError) and str(reply).startswith("NOSCRIPT"):
             loaded = await self.client.execute("SCRIPT", "LOAD", GCRA_SCRIPT)
             if isinstance(loaded, RedisError):
                 raise loaded
-            reply = await self.client.execute(*command)
+            reply = await self.client.execute_encoded(command)
         if isinstance(reply, RedisError):
             raise reply
         if not isinstance(reply, list) or len(reply) != 4:

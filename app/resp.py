@@ -200,7 +200,7 @@ class RespClient:
         if self.db:
             setup.append(("SELECT", self.db))
         for command in setup:
-            reply = await self._send(protocol, command)
+            reply = await protocol.send(encode_command(*command))
             if isinstance(reply, RedisError):
                 protocol.transport.close()
                 raise RedisUnavailable(f"Redis rejected {command[0]}: {reply}")
@@ -226,13 +226,14 @@ class RespClient:
         self._protocol = protocol
         return protocol
 
-    async def _send(self, protocol: _Protocol, command: tuple) -> object:
-        return await protocol.send(encode_command(*command))
-
     async def execute(self, *command: bytes | str | int) -> object:
         """Send one command; return the reply or a RedisError (not raised)."""
+        return await self.execute_encoded(encode_command(*command))
+
+    async def execute_encoded(self, command: bytes) -> object:
+        """Send one command already encoded as RESP (see encode_command)."""
         protocol = await self._connection()
-        return await self._send(protocol, command)
+        return await protocol.send(command)
 
     async def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:

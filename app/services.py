@@ -68,7 +68,7 @@ class Services:
         self.usage: UsageRecorder | None = None
         self._flusher: asyncio.Task | None = None
         self._unknown_plans: set[str] = set()
-        self._users: dict[str, tuple[User, float]] = {}
+        self._users: dict[tuple[str | None, str | None], tuple[User, float]] = {}
         self._lookups: dict[str, bytes] = {}
         self.country_names: dict[str, str] = {}
         self._rates = {
@@ -189,21 +189,25 @@ class Services:
     def identify(self, authorization: str | None, query_key: str | None) -> User:
         """Return the caller's user, from a short-lived cache when possible.
 
-        A key resolved in the last USER_CACHE_SECONDS is not looked up again,
-        so a revoked key or a changed plan takes effect within that time.
-        Unknown keys are not cached.
+        The cache is keyed by the raw Authorization header and ?key= value,
+        so a repeated caller skips parsing and hashing too. A key resolved
+        in the last USER_CACHE_SECONDS is not looked up again, so a revoked
+        key or a changed plan takes effect within that time. Rejected keys
+        are not cached.
         """
+        if authorization is None and query_key is None:
+            return ANONYMOUS
+        now = time.monotonic()
+        cached = self._users.get((authorization, query_key))
+        if cached is not None and cached[1] > now:
+            return cached[0]
         key = key_from_request(authorization, query_key)
         if key is None:
             return ANONYMOUS
-        now = time.monotonic()
-        cached = self._users.get(key)
-        if cached is not None and cached[1] > now:
-            return cached[0]
         user = resolve_user(self.store, key)
         if len(self._users) >= USER_CACHE_SIZE:
             self._users.clear()
-        self._users[key] = (user, now + USER_CACHE_SECONDS)
+        self._users[(authorization, query_key)] = (user, now + USER_CACHE_SECONDS)
         return user
 
     def lookup_body(self, raw: str) -> bytes:

@@ -53,6 +53,8 @@ PLANS = {
 }
 PACED_DELAY_MS = 20
 THROUGHPUT_TARGET = 0.60
+# Command prefix for every process the benchmark starts (set by --nice).
+PREFIX: tuple[str, ...] = ()
 P99_TARGET_MS = 5.0
 
 
@@ -89,7 +91,7 @@ def wrk(
     env: dict[str, str] | None = None,
 ) -> Run:
     """Run wrk against `url`; return its figures and the server's CPU use."""
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    argv = [*PREFIX, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     for header in headers:
         argv += ["-H", header]
     if script is not None:
@@ -163,7 +165,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     key = seed_user(replica)
     auth = [f"Authorization: Bearer {key}"]
 
-    with redis_server() as redis_url:
+    with redis_server(prefix=PREFIX) as redis_url:
         env = {
             "REDIS_URL": redis_url,
             "REPLICA": replica,
@@ -171,9 +173,13 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
             "REGION": "bench",
         }
         with (
-            uvicorn_server("app.main:app", env, work / "api.log") as api,
+            uvicorn_server("app.main:app", env, work / "api.log", prefix=PREFIX) as api,
             uvicorn_server(
-                "bench.bare_app:app", {}, work / "bare.log", ready_path="/constant"
+                "bench.bare_app:app",
+                {},
+                work / "bare.log",
+                ready_path="/constant",
+                prefix=PREFIX,
             ) as bare,
         ):
             targets = {
@@ -239,7 +245,8 @@ def report(args: argparse.Namespace, result: dict, when: str, host: str) -> str:
         "",
         (
             f"Measured by `bench/api_bench.py --duration {args.duration} --rounds "
-            f"{args.rounds} --connections {args.connections}` on {when}: {host}."
+            f"{args.rounds} --connections {args.connections} --nice {args.nice}` "
+            f"on {when}: {host}."
         ),
         (
             "Everything on 127.0.0.1: redis-server, each app under uvicorn with the "
@@ -322,9 +329,19 @@ def main() -> int:
         "--connections", type=int, default=32, help="wrk connections at full load"
     )
     parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run servers and wrk with this niceness (negative needs root), "
+        "to shield them from other load on the machine",
+    )
+    parser.add_argument(
         "--no-write", action="store_true", help="print, leave docs/benchmarks.md"
     )
     args = parser.parse_args()
+    global PREFIX
+    if args.nice:
+        PREFIX = ("nice", "-n", str(args.nice))
     for tool in ("wrk", "redis-server"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed; run scripts/setup", file=sys.stderr)
