@@ -1,11 +1,11 @@
 """The `provision` step: upload provision/ to a box and run its role steps.
 
-The scripts travel as one tarball over scp, with the region's settings in
-`files/settings.env` (a file, because the primary database URL can hold a
-password and command lines end up in logs), the operator keys named in
-regions.toml, and the extra CA certificates of this machine. Each script
-prints `changed=N` last; the step's note sums them, so a second run reads
-"no change".
+The scripts travel as one tarball over scp. It also carries the region's
+settings in `files/settings.env`, the operator keys named in regions.toml,
+and the CA certificates this machine trusts. Settings go in a file because
+the primary database URL can hold a password and command lines end up in
+logs. Each script prints `changed=N` last. The step's note sums them, so a
+second run reads "no change".
 """
 
 from __future__ import annotations

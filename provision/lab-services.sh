@@ -17,7 +17,7 @@ APP_ENV="$STATE_DIR/app.env"
 APP_ROOT=/srv/vatfleet
 
 install_redis() {
-    # Debian's unit asks for a user namespace, which a lab box (a container
+    # Debian's unit requests a user namespace, which a lab box (a container
     # without --privileged) cannot make. Written before the package, so the
     # first start already reads it.
     if put_file /etc/systemd/system/redis-server.service.d/lab.conf 644 <<'EOF'; then

@@ -21,7 +21,7 @@ LAB_PROVIDER = "docker"
 
 @dataclass(frozen=True)
 class Box:
-    """What the suite knows about the box under test."""
+    """The region and fleet settings of the box under test."""
 
     region: regions.Region
     fleet: regions.Fleet

@@ -75,7 +75,7 @@ def test_alpn_negotiates_h2_on_443(host, box):
     name = shlex.quote(box.region.hostname or "localhost")
     result = host.run(f"openssl s_client -alpn h2 -connect 127.0.0.1:443 "
                       f"-servername {name} </dev/null 2>&1 | grep -a 'ALPN'")
-    # The session dump holds binary bytes, hence grep -a for the ALPN line.
+    # The session dump contains binary bytes, so grep -a picks the ALPN line.
     assert "ALPN protocol: h2" in result.stdout, result.stdout
 
 

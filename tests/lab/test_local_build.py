@@ -3,8 +3,9 @@
 Real Docker engine, real Vagrant, real provisioning over SSH and real
 testinfra. The test starts from no `local` box, builds it, asks the app
 for Germany's VAT rate over HTTP/2 through the box's nginx, reads the infra
-report, builds a second time to show that run does no work, and destroys
-the box at the end.
+report, restarts the box's container and waits for the app to answer again,
+builds a second time to show that run does no work, and destroys the box at
+the end.
 """
 
 from __future__ import annotations
@@ -59,6 +60,35 @@ def curl_rates(port: int) -> tuple[str, dict]:
     return version, json.loads(body)
 
 
+def ready(port: int) -> bool:
+    result = subprocess.run(
+        ["curl", "-sk", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
+         f"https://127.0.0.1:{port}/readyz"],
+        capture_output=True, text=True, timeout=15, check=False,
+    )
+    return result.stdout == "200"
+
+
+def restart_box(port: int, timeout: float = 180.0) -> float | None:
+    """Restart the box's container; return seconds until the app is ready again.
+
+    Returns None if the app did not answer through nginx within `timeout`.
+    """
+    names = subprocess.run(
+        ["docker", "ps", "--filter", f"publish={port}", "--format", "{{.Names}}"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.split()
+    assert len(names) == 1, f"expected one container publishing {port}: {names}"
+    started = time.monotonic()
+    subprocess.run(["docker", "restart", names[0]], capture_output=True,
+                   timeout=120, check=True)
+    while time.monotonic() - started < timeout:
+        if ready(port):
+            return time.monotonic() - started
+        time.sleep(2)
+    return None
+
+
 @pytest.fixture(scope="module")
 def local_region() -> regions.Region:
     return regions.load(REPO / "regions.toml").regions["local"]
@@ -75,6 +105,7 @@ def builds(local_region):
         assert first.returncode == 0, f"{first.stdout}\n{first.stderr}"
         version, rates = curl_rates(local_region.https_port)
         report = REPORT.read_bytes()
+        restart_seconds = restart_box(local_region.https_port)
 
         started = time.monotonic()
         second = invoke("build", "--region", "local", timeout=1800)
@@ -83,6 +114,7 @@ def builds(local_region):
             "first": first, "first_seconds": first_seconds,
             "second": second, "second_seconds": second_seconds,
             "http_version": version, "rates": rates, "report": report,
+            "restart_seconds": restart_seconds,
         }
     finally:
         invoke("destroy", "--region", "local", "--yes", timeout=600)
@@ -111,11 +143,18 @@ def test_infra_report_passes_or_not_applicable(builds):
         assert "not applicable" in message, f"{name} skipped without a reason: {message}"
 
 
+def test_app_answers_after_box_restart(builds):
+    """Reboot recovery: systemd brings the release back and nginx finds it."""
+    assert builds["restart_seconds"] is not None, \
+        "the app did not answer through nginx within 180 s of a container restart"
+
+
 def test_first_build_did_the_work(builds):
     rows = summary(builds["first"].stdout)
     assert list(rows) == ["box", "render", "up", "provision", "deploy", "test"]
     assert rows["up"].startswith("was not_created")
-    assert "change" in rows["provision"] and rows["provision"] != "no change"
+    assert rows["provision"] != "no change"
+    assert "change" in rows["provision"]
     assert rows["deploy"].startswith("released")
 
 

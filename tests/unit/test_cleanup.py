@@ -123,8 +123,8 @@ def fakes(tmp_path: Path) -> Path:
     return make_fakes(tmp_path / "bin")
 
 
-# One run serves every check that only reads its outcome; each run of the
-# script costs a second or two of fake docker calls.
+# One run serves every check that only reads its outcome, because each run
+# of the script costs a second or two of fake docker calls.
 @pytest.fixture(scope="module")
 def cleanup_run(tmp_path_factory):
     return run_cleanup(make_fakes(tmp_path_factory.mktemp("run") / "bin"))
