@@ -38,7 +38,7 @@ class ClientAddressResolver:
     def resolve(self, peer: str | None, forwarded_for: list[str]) -> str | None:
         """Return the client's address as text (None if the peer is unknown).
 
-        `forwarded_for` holds the values of every X-Forwarded-For header.
+        `forwarded_for` contains the values of every X-Forwarded-For header.
         Raises a 400 ApiError for a malformed header sent through a trusted
         proxy.
         """

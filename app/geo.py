@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from app.errors import ApiError, clip
 
 DATA_FILE = "geoip2fast-ipv6.dat.gz"
-# Longest text form of an IPv6 address with an embedded IPv4 address.
+# Maximum length of an IPv6 address in text, with an embedded IPv4 address.
 MAX_ADDRESS_LENGTH = 45
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

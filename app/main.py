@@ -3,7 +3,7 @@
 Every /v1 request goes through the same steps: find the client's address
 (X-Forwarded-For only from a trusted proxy), identify the user by API key (or
 the anonymous tier), count the request against the plan's rate limit in
-Redis, answer, then, after the response has been sent, count the request's
+Redis, respond, then, after the response has been sent, count the request's
 usage and log one line.
 """
 

@@ -4,7 +4,7 @@ redis-py's asyncio client spends about 100 us of CPU per command (connection
 pool, stream reader, pure-Python parser), which is more than the rest of a
 lookup. Rate limiting needs one command per request (EVALSHA), so this client
 keeps one connection, writes each command at once and matches replies to
-waiting futures in order, as Redis answers in order on a connection. Commands
+waiting futures in order, because Redis replies in order on a connection. Commands
 from concurrent requests therefore share the connection without a pool.
 """
 
@@ -91,8 +91,8 @@ class _Protocol(asyncio.Protocol):
         """Queue a command; return the future of its reply.
 
         All commands queued in one pass of the event loop go out in one
-        write, so Redis answers them in one read: for many concurrent
-        requests that costs far less than a write and a read each.
+        write, so Redis reads them at once and replies in one write. For many
+        concurrent requests that costs far less than a write and a read each.
         """
         loop = asyncio.get_running_loop()
         future = loop.create_future()

@@ -25,7 +25,7 @@ log = logging.getLogger("app")
 # Seconds a resolved API key stays cached, and how many keys are kept.
 USER_CACHE_SECONDS = 5.0
 USER_CACHE_SIZE = 10_000
-# Cached /v1/rates?ip= answers; the cache is emptied when full.
+# Cached /v1/rates?ip= response bodies. The cache is emptied when full.
 LOOKUP_CACHE_SIZE = 65_536
 
 _shared_geolocator: geo.Geolocator | None = None
@@ -213,7 +213,7 @@ class Services:
     def lookup_body(self, raw: str) -> bytes:
         """Return the /v1/rates?ip= body for `raw`, or raise a 4xx ApiError.
 
-        Successful answers are cached by the address as sent, since the
+        Successful responses are cached by the address as sent, since the
         geolocation database and the VAT table do not change while the
         process runs.
         """

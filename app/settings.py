@@ -72,7 +72,7 @@ class Settings:
         default_factory=lambda: parse_networks("127.0.0.1,::1")
     )
     # Serve requests without a limit while Redis is unreachable (True), or
-    # answer 503 (False).
+    # return 503 (False).
     rate_limit_fail_open: bool = True
     # Seconds a Redis command may take before the request goes on without it.
     redis_timeout: float = 0.25

@@ -45,7 +45,7 @@ BENCHMARKS = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- api-bench:start -->", "<!-- api-bench:end -->"
 LOOKUP_PATH = "/v1/rates?ip=77.118.0.1"
 # A plan whose limit no benchmark reaches: every request still runs the
-# rate-limit script in Redis, and every answer is a 200.
+# rate-limit script in Redis, and every response is a 200.
 PLANS = {
     "anonymous": {"requests_per_minute": 60, "burst": 10},
     "free": {"requests_per_minute": 60, "burst": 10},

@@ -37,7 +37,7 @@ def create_user_documents(
 ) -> tuple[str, str]:
     """Write a new user and its API key hash to CouchDB; return (user id, key).
 
-    Raises RuntimeError with the database's answer if a write fails.
+    Raises RuntimeError with the database's response if a write fails.
     """
     from app.auth import new_user_documents
 
