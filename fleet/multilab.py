@@ -9,6 +9,7 @@ resolver answers. State lives in `.lab/multibox/`: `labnet.json` (spec),
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -50,9 +51,22 @@ def _docker(*args: str) -> str:
 
 
 def bridge_gateway() -> str:
-    """Return the host's address on Docker's default bridge network."""
-    return _docker("network", "inspect", "bridge", "-f",
-                   "{{(index .IPAM.Config 0).Gateway}}")
+    """Return the host's address on Docker's default bridge network.
+
+    Docker 20.10 may leave `Gateway` out of the default bridge's IPAM
+    config; the engine then uses the first host address of the subnet.
+    """
+    config = json.loads(_docker("network", "inspect", "bridge", "-f",
+                                "{{json (index .IPAM.Config 0)}}"))
+    if config.get("Gateway"):
+        return config["Gateway"]
+    if not config.get("Subnet"):
+        raise LabNetError(
+            f"Docker's bridge network has neither a gateway nor a subnet ({config}); "
+            "check `docker network inspect bridge`"
+        )
+    network = ipaddress.ip_network(config["Subnet"], strict=False)
+    return str(next(network.hosts()))
 
 
 def container_id(fleet: Any, region: Any) -> str:
