@@ -88,7 +88,7 @@ def test_monitor_task_exit_two_for_unknown_region(tmp_path, box):
 
 
 def test_nightly_task_writes_red_page_without_infra(tmp_path, box):
-    # No box answers SSH here, so the infra step fails and the region is red.
+    # No box listens for SSH here, so the infra step fails and the region is red.
     config = write_config(tmp_path, {"lab-a": box.port})
     reports = tmp_path / "reports"
 
