@@ -95,6 +95,25 @@ configure_app() {
     fi
 }
 
+# Let the keys that may log in to the box also `git push` to Dokku, which
+# keeps its own list of deploy keys.
+add_deploy_keys() {
+    local user="${VATFLEET_LOGIN_USER:-root}" home keys known line name
+    home="$(getent passwd "$user" | cut -d: -f6)"
+    keys="$home/.ssh/authorized_keys"
+    [[ -s "$keys" ]] || return 0
+    known="$(dokku ssh-keys:list 2>/dev/null || true)"
+    while IFS= read -r line || [[ -n "$line" ]]; do
+        [[ -z "$line" || "$line" == \#* ]] && continue
+        name="deploy-$(printf '%s' "$line" | sha256sum | cut -c1-12)"
+        if grep -qw -- "$name" <<<"$known"; then
+            continue
+        fi
+        dokku ssh-keys:add "$name" <<<"$line" >/dev/null
+        changed "added Dokku deploy key $name"
+    done <"$keys"
+}
+
 # Create a service once and link it; linking sets REDIS_URL or COUCHDB_URL.
 link_service() {
     local plugin="$1" service="$2"
@@ -135,6 +154,7 @@ and Dokku publishes no Debian packages; lab-services runs the stand-in"
     install_dokku
     install_plugins
     configure_app
+    add_deploy_keys
     link_service redis "$REDIS_SERVICE"
     if hosts_primary; then
         link_service couchdb "$COUCHDB_SERVICE"

@@ -55,6 +55,8 @@ check the pin in regions.toml against \`apt-cache policy nginx\`"
 }
 
 # Decide HTTP/2 from the real `nginx -v` (stderr) and record the decision.
+# NOTE: on Dokku boxes Dokku's own nginx template chooses HTTP/2 for the app
+# site; the recorded decision is what the infra suite holds it to.
 record_http2_decision() {
     local output decision version
     output="$(nginx -v 2>&1)"
