@@ -110,6 +110,9 @@ def builds(local_region):
         started = time.monotonic()
         second = invoke("build", "--region", "local", timeout=1800)
         second_seconds = time.monotonic() - started
+        print(f"\nlocal build: first {first_seconds:.0f} s, second "
+              f"{second_seconds:.0f} s, ready {restart_seconds or 0:.0f} s after "
+              f"a container restart")
         yield {
             "first": first, "first_seconds": first_seconds,
             "second": second, "second_seconds": second_seconds,
