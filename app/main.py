@@ -52,6 +52,7 @@ class RequestContext:
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
         self.services = services
+        self.request_log = logs.RequestLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,15 +105,12 @@ class RequestContext:
         status = context["status"]
         if user.id is not None and self.services.usage is not None:
             self.services.usage.record(user.id, status)
-        log.info(
-            "event=request region=%s method=%s path=%r status=%d ms=%.2f user=%s%s",
-            self.services.settings.region,
-            scope["method"],
-            clip(scope["path"], 100),
-            status,
-            (time.perf_counter() - started) * 1000,
-            user.log_id,
-            f" error={context['error']}" if context["error"] else "",
+        error = context["error"]
+        self.request_log.info(
+            f"event=request region={self.services.settings.region} "
+            f"method={scope['method']} path={clip(scope['path'], 100)!r} "
+            f"status={status} ms={(time.perf_counter() - started) * 1000:.2f} "
+            f"user={user.log_id}" + (f" error={error}" if error else "")
         )
 
 

@@ -50,7 +50,7 @@ async def _hammer(url: str, params: dict, count: int) -> collections.Counter:
 
 
 def _worker_pids(log: str) -> set[str]:
-    return set(re.findall(r"pid=(\d+) logger=app event=request ", log))
+    return set(re.findall(r"pid=(\d+) logger=app.request event=request ", log))
 
 
 def test_limit_holds_across_two_workers(tmp_path):
