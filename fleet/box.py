@@ -1,8 +1,8 @@
 """The `box` step: build the lab box image `vatfleet-box:bookworm` locally.
 
-No image registry is involved. A Debian 12 minbase root file system is made
-once with debootstrap and cached as a tarball in `.cache/box/`, imported into
-the Docker engine as `vatfleet-base:bookworm`, and `docker build` adds
+No image registry is involved. debootstrap makes a Debian 12 minbase root
+file system once, cached as a tarball in `.cache/box/`, which is imported
+into the Docker engine as `vatfleet-base:bookworm`. `docker build` then adds
 systemd as PID 1, sshd, cron, sudo and a `vagrant` user whose authorized key
 is this checkout's `.lab/ssh/id_ed25519.pub`.
 
@@ -21,6 +21,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fleet.errors import FleetError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ def rootfs_tarball(run: Runner, cache_dir: Path = CACHE_DIR) -> Path:
         return tarball
 
     if shutil.which("debootstrap") is None:
-        raise FileNotFoundError(
+        raise FleetError(
             "debootstrap is not installed; run scripts/setup "
             "(or `apt-get install debootstrap`) and try again"
         )

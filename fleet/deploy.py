@@ -3,10 +3,10 @@
 Cloud and VirtualBox boxes get a `git push` of the assembled app tree to
 Dokku, which builds it with the Procfile and checks `/readyz` from app.json
 before it switches traffic. Docker (lab) boxes cannot run Dokku, so the same
-tree goes to `vatfleet-release` on the box (installed by
-provision/lab-services.sh): it starts the Procfile's `web` process as a new
-systemd unit beside the live one, switches nginx once the health check
-passes, then stops the old one.
+tree goes to `vatfleet-release`, which provision/lab-services.sh installs on
+the box. That tool starts the Procfile's `web` process as a new systemd unit
+beside the live one, switches nginx once the health check passes, then
+stops the old one.
 
 The release id is a hash of the tree, so deploying an unchanged app/ is a
 no-op on both paths.
