@@ -180,6 +180,9 @@ def primary_database_url(ctx: Any) -> str:
         settings = read_lab_primary(ctx, primary)
         if settings is not None:
             password, address = settings
+            # NOTE: the address is the primary container's address on the
+            # Docker bridge, which can change when that container is
+            # recreated; provisioning this box again picks up the new one.
             return f"http://admin:{password}@{address}:{POUCHDB_PORT}/{LAB_DATABASE}"
         if time.monotonic() >= deadline:
             raise FleetError(

@@ -69,15 +69,20 @@ def ready(port: int) -> bool:
     return result.stdout == "200"
 
 
+def publishing(port: int) -> list[str]:
+    """Return the names of running containers that publish a host port."""
+    return subprocess.run(
+        ["docker", "ps", "--filter", f"publish={port}", "--format", "{{.Names}}"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.split()
+
+
 def restart_box(port: int, timeout: float = 180.0) -> float | None:
     """Restart the box's container; return seconds until the app is ready again.
 
     Returns None if the app did not answer through nginx within `timeout`.
     """
-    names = subprocess.run(
-        ["docker", "ps", "--filter", f"publish={port}", "--format", "{{.Names}}"],
-        capture_output=True, text=True, timeout=30, check=True,
-    ).stdout.split()
+    names = publishing(port)
     assert len(names) == 1, f"expected one container publishing {port}: {names}"
     started = time.monotonic()
     subprocess.run(["docker", "restart", names[0]], capture_output=True,
@@ -98,6 +103,11 @@ def local_region() -> regions.Region:
 def builds(local_region):
     """Build from no box twice; destroy the box afterwards."""
     invoke("destroy", "--region", "local", "--yes", timeout=600)
+    # A box of another checkout would hold the ports and the container name.
+    others = publishing(local_region.https_port)
+    assert not others, (
+        f"container {others[0]} already publishes port {local_region.https_port}; "
+        f"destroy it from its checkout or with `docker rm -f {others[0]}`")
     try:
         started = time.monotonic()
         first = invoke("build", "--region", "local", timeout=3000)
