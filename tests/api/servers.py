@@ -38,7 +38,9 @@ def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
 
 
 @contextlib.contextmanager
-def redis_server(timeout: float = 10, prefix: tuple[str, ...] = ()) -> Iterator[str]:
+def redis_server(
+    timeout: float = 10, prefix: tuple[str, ...] = (), port: int | None = None
+) -> Iterator[str]:
     """Run redis-server on a free loopback port; yield its redis:// URL.
 
     `prefix` goes before the command, such as ("taskset", "-c", "1").
@@ -46,7 +48,7 @@ def redis_server(timeout: float = 10, prefix: tuple[str, ...] = ()) -> Iterator[
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed; run scripts/setup")
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [
             *prefix,

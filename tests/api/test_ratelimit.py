@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .servers import free_port
+from .servers import free_port, redis_server
 
 pytestmark = pytest.mark.redis
 
@@ -108,3 +108,21 @@ def test_script_reloaded_after_script_flush(make_client, add_user, redis_url):
     response = client.get("/v1/rates/DE", params={"key": key})
     assert response.status_code == 200
     assert response.headers["ratelimit-remaining"] == "1"
+
+
+def test_limiter_recovers_after_redis_restart(make_client, add_user):
+    key, _ = add_user(plan="free")
+    port = free_port()
+    with redis_server(port=port) as url:
+        client = make_client(redis_url=url, redis_retry_interval=0.0)
+        first = client.get("/v1/rates/DE", params={"key": key})
+        assert first.headers["ratelimit-remaining"] == "2"
+    down = client.get("/v1/rates/DE", params={"key": key})
+    assert down.status_code == 200
+    assert "ratelimit-remaining" not in down.headers
+    with redis_server(port=port):
+        again = client.get("/v1/rates/DE", params={"key": key})
+        assert again.status_code == 200
+        # A new, empty Redis: the bucket starts full again.
+        assert again.headers["ratelimit-remaining"] == "2"
+    assert client.get("/healthz").json()["redis_failures"] >= 1

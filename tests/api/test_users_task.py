@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import httpx
 import pytest
@@ -85,3 +86,32 @@ def test_create_user_reports_missing_database(tmp_path):
         pytest.raises(RuntimeError, match="rejected user document"),
     ):
         create_user_documents(f"{couch}/_bad_name", "a@example.com", "free")
+
+
+@pytest.mark.slow
+@pytest.mark.peers
+@pytest.mark.redis
+def test_readyz_follows_real_sync(tmp_path):
+    with pouchdb_server(tmp_path) as couch, redis_server() as redis_url:
+        database = f"{couch}/users"
+        env = {"REDIS_URL": redis_url, "COUCHDB_URL": database}
+        with uvicorn_server("app.main:app", env, tmp_path / "server.log") as server:
+            # The primary database does not exist yet: no full pull.
+            deadline = time.monotonic() + 30
+            while True:
+                waiting = httpx.get(server.url + "/readyz", timeout=10)
+                assert waiting.status_code == 503
+                assert waiting.json()["sync"]["ready"] is False
+                if waiting.json()["sync"]["last_error"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert "404" in waiting.json()["sync"]["last_error"]
+
+            assert httpx.put(database, timeout=10).status_code == 201
+            deadline = time.monotonic() + 30
+            ready = waiting
+            while ready.status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                ready = httpx.get(server.url + "/readyz", timeout=10)
+            assert ready.status_code == 200
+            assert ready.json()["sync"]["ready"] is True
