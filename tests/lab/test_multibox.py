@@ -80,13 +80,12 @@ def resolve(spec: dict) -> list[str]:
 
 def get(front: str, path: str, domain: str) -> httpx.Response:
     host, port = labnet.split_address(front)
-    return httpx.get(
-        f"https://{host}:{port}{path}",
-        headers={"Host": domain},
-        extensions={"sni_hostname": domain},
-        verify=False,
-        timeout=10,
-    )
+    with httpx.Client(verify=False, timeout=10, trust_env=False) as client:
+        return client.get(
+            f"https://{host}:{port}{path}",
+            headers={"Host": domain},
+            extensions={"sni_hostname": domain},
+        )
 
 
 def status_of(front: str, path: str, domain: str) -> int | None:
