@@ -16,6 +16,16 @@ MAX_PENDING_LINES = 256
 
 _second = -1
 _second_text = ""
+# The process id for request lines, refreshed in forked children.
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
 
 
 def _timestamp(created: float) -> str:
@@ -154,7 +164,7 @@ class RequestLog:
         if not isinstance(handler, BatchingStreamHandler) or self.logger.handlers:
             self.logger.info("%s", message)
             return
-        line = _line(time.time(), "INFO", os.getpid(), "app.request", message)
+        line = _line(time.time(), "INFO", _pid, "app.request", message)
         handler.enqueue(line)
 
 

@@ -150,11 +150,16 @@ class V1Endpoint:
     turned into JSON by the app's exception handler.
     """
 
-    def __init__(self, handler: Callable[[Services, Scope, dict, str | None], bytes]):
+    def __init__(
+        self,
+        handler: Callable[[Services, Scope, dict, str | None], bytes],
+        services: Services | None = None,
+    ):
         self.handler = handler
+        self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        services: Services = scope["app"].state.services
+        services: Services = self.services or scope["app"].state.services
         authorization = None
         forwarded = []
         for name, value in scope["headers"]:
@@ -296,9 +301,13 @@ def create_app(
 
     # The router tries routes in order: the busiest first.
     routes = [
-        Route("/v1/rates", V1Endpoint(rates_by_ip), methods=["GET"]),
-        Route("/v1/rates/{country}", V1Endpoint(rates_by_country), methods=["GET"]),
-        Route("/v1/countries", V1Endpoint(countries), methods=["GET"]),
+        Route("/v1/rates", V1Endpoint(rates_by_ip, services), methods=["GET"]),
+        Route(
+            "/v1/rates/{country}",
+            V1Endpoint(rates_by_country, services),
+            methods=["GET"],
+        ),
+        Route("/v1/countries", V1Endpoint(countries, services), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

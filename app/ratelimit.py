@@ -92,7 +92,7 @@ def load_plans(path: Path | str) -> dict[str, Plan]:
     return plans
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
     """The limiter's verdict on one request, and the headers that tell it."""
 
@@ -154,8 +154,11 @@ class RateLimiter:
         now = time.monotonic()
         if now < self._skip_until:
             return self._unchecked(plan, None)
+        command = self._command(bucket, plan)
         try:
-            reply = await self._evalsha(bucket, plan)
+            reply = await self.client.execute_encoded(command)
+            if type(reply) is not list or len(reply) != 4:
+                reply = await self._retry_evalsha(command, reply)
         except (RedisUnavailable, RedisError) as error:
             self._skip_until = time.monotonic() + self.retry_interval
             return self._unchecked(plan, error)
@@ -181,9 +184,11 @@ class RateLimiter:
         key = bucket.encode()
         return b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail)
 
-    async def _evalsha(self, bucket: str, plan: Plan) -> list:
-        command = self._command(bucket, plan)
-        reply = await self.client.execute_encoded(command)
+    async def _retry_evalsha(self, command: bytes, reply: object) -> list:
+        """Load the script after NOSCRIPT and send `command` again.
+
+        Raises RedisError for any other error or an unexpected reply.
+        """
         if isinstance(reply, RedisError) and str(reply).startswith("NOSCRIPT"):
             loaded = await self.client.execute("SCRIPT", "LOAD", GCRA_SCRIPT)
             if isinstance(loaded, RedisError):

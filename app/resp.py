@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable
 from urllib.parse import unquote, urlsplit
 
 
@@ -230,8 +231,18 @@ class RespClient:
         """Send one command; return the reply or a RedisError (not raised)."""
         return await self.execute_encoded(encode_command(*command))
 
-    async def execute_encoded(self, command: bytes) -> object:
-        """Send one command already encoded as RESP (see encode_command)."""
+    def execute_encoded(self, command: bytes) -> Awaitable[object]:
+        """Send one command already encoded as RESP (see encode_command).
+
+        Returns an awaitable of the reply: on an open connection the reply's
+        future itself, which saves a coroutine per command on the request path.
+        """
+        protocol = self._protocol
+        if protocol is not None and not protocol.closed:
+            return protocol.send(command)
+        return self._connect_and_send(command)
+
+    async def _connect_and_send(self, command: bytes) -> object:
         protocol = await self._connection()
         return await protocol.send(command)
 
