@@ -128,6 +128,11 @@ def wrk(
     )
 
 
+def _busy_share(run: Run) -> float:
+    """Return the share of one core the server used during a run."""
+    return run.rps * run.cpu_us_per_request / 1e6
+
+
 def median_run(runs: list[Run]) -> Run:
     return Run(
         rps=statistics.median(r.rps for r in runs),
@@ -303,6 +308,11 @@ def report(args: argparse.Namespace, result: dict, when: str, host: str) -> str:
             "(bare / lookup) | |"
         ),
         (
+            "| server busy (requests/s x CPU per request) | "
+            f"{_busy_share(full['bare']):.0%} | {_busy_share(full['lookup']):.0%} "
+            "| | |"
+        ),
+        (
             f"| p50 / p99 at half max | {paced['bare'][1].p50_ms:.2f} / "
             f"{paced['bare'][1].p99_ms:.2f} ms ({paced['bare'][1].rps:,.0f}/s) | "
             f"{lookup_paced.p50_ms:.2f} / {lookup_paced.p99_ms:.2f} ms "
@@ -358,7 +368,9 @@ def report(args: argparse.Namespace, result: dict, when: str, host: str) -> str:
             f"{result['other_cores']:.2f} cores on average during this run "
             "(busy time in /proc/stat minus the benchmark's own processes). "
             "That spreads requests/s between rounds and sets the p99 floor "
-            "that the bare endpoint shows too."
+            "that the bare endpoint shows too. Where the lookup's server is "
+            "less busy than the bare one at full load, it waited for "
+            "redis-server, which shares the second core with wrk."
         ),
         END,
     ]
