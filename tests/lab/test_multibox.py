@@ -11,21 +11,23 @@ the lab resolver, then stops one region's box and starts it again:
 - box started again: it pulls from the primary, turns ready, the monitor
   and the resolver take it back.
 
-The boxes stay after the test (a second run reuses them, as `invoke build`
-is idempotent); `invoke destroy --config lab/multibox.toml --region all`
-removes them.
+The boxes are destroyed after the test unless VATFLEET_KEEP_LAB=1 is set,
+which lets a second run reuse them (`invoke build` is idempotent).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
 
+from app.auth import generate_key, new_user_documents
 from fleet import labnet, multilab, regions
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab, pytest.mark.timeout(5400)]
@@ -95,6 +97,37 @@ def status_of(front: str, path: str, domain: str) -> int | None:
         return None
 
 
+def write_user_to_primary(fleet) -> str:
+    """Create a user and API key on the primary's database; return the key."""
+    primary = fleet.regions[fleet.project.primary]
+    url = urlsplit(multilab.primary_url_over_ssh(primary) or "")
+    address = multilab.container_address(fleet, primary)
+    assert url.password and address, "cannot reach the primary's database"
+    key, docs = new_user_documents("sync-check@vatrates.test", "free")
+    response = httpx.post(
+        f"http://{address}:5984{url.path}/_bulk_docs",
+        json={"docs": docs},
+        auth=(url.username, unquote(url.password)),
+        timeout=10,
+        trust_env=False,
+    )
+    assert response.status_code == 201, response.text
+    return key
+
+
+def status_with_key(front: str, domain: str, key: str) -> int | None:
+    host, port = labnet.split_address(front)
+    with httpx.Client(verify=False, timeout=10, trust_env=False) as client:
+        try:
+            return client.get(
+                f"https://{host}:{port}/v1/rates?ip={GERMANY}",
+                headers={"Host": domain, "Authorization": f"Bearer {key}"},
+                extensions={"sni_hostname": domain},
+            ).status_code
+        except httpx.HTTPError:
+            return None
+
+
 def nightly_page(reports: Path, endpoints: Path) -> tuple[int, str]:
     done = invoke("nightly", "--config", str(CONFIG), "--reports", str(reports),
                   "--endpoints", str(endpoints), timeout=1800)
@@ -117,9 +150,14 @@ def lab():
                     timeout=900))
     yield fleet, spec
     multilab.down()
-    # Leave the stopped box running again even when the test failed midway.
-    subprocess.run(["docker", "start", multilab.container_id(
-        fleet, fleet.regions[STOPPED])], capture_output=True, timeout=120, check=False)
+    if os.environ.get("VATFLEET_KEEP_LAB") == "1":
+        # Leave the stopped box running again even when the test failed midway.
+        subprocess.run(["docker", "start", multilab.container_id(
+            fleet, fleet.regions[STOPPED])], capture_output=True, timeout=120,
+            check=False)
+        return
+    must(invoke("destroy", "--config", str(CONFIG), "--region", "all", "--yes",
+                timeout=600))
 
 
 def test_failover_and_return(lab):
@@ -171,6 +209,12 @@ def test_failover_and_return(lab):
     assert answer == fronts["lab-primary"].split(":")[0]
     for region in ("lab-primary", "lab-east"):
         assert status_of(fronts[region], f"/v1/rates?ip={GERMANY}", domain) == 200
+    # A user signs up while the box is down; the running regions pull it.
+    key = write_user_to_primary(fleet)
+    east_knows = wait_until(
+        lambda: status_with_key(fronts["lab-east"], domain, key) == 200, 60
+    )
+    assert east_knows, "lab-east did not pull the new API key from the primary"
 
     # The box started again.
     must_run(["docker", "start", container])
@@ -179,6 +223,9 @@ def test_failover_and_return(lab):
     assert ready, f"{STOPPED} did not turn ready after docker start"
     body = get(fronts[STOPPED], "/readyz", domain).json()
     assert body["ready"] is True
+    # It pulled what the primary got while it was down, and only that.
+    assert status_with_key(fronts[STOPPED], domain, key) == 200
+    assert status_with_key(fronts[STOPPED], domain, generate_key()) == 401
     code, payload = monitor_json()
     assert code == 0, payload
     back = wait_until(lambda: resolve(spec) == [stopped_address], 30)
