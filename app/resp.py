@@ -66,6 +66,14 @@ def _parse(buffer: bytes, start: int) -> tuple[object, int]:
             return None, after
         items = []
         for _ in range(count):
+            # Integers, the rate-limit script's whole reply, without recursion.
+            if buffer[after : after + 1] == b":":
+                end = buffer.find(b"\r\n", after)
+                if end < 0:
+                    raise _Incomplete
+                items.append(int(buffer[after + 1 : end]))
+                after = end + 2
+                continue
             item, after = _parse(buffer, after)
             items.append(item)
         return items, after
