@@ -53,8 +53,13 @@ class ProxyThread:
         self.proxies: list[DelayProxy] = []
 
     def add(self, upstream_port: int, delay_ms: float) -> tuple[str, int]:
-        proxy = DelayProxy("bench", ("127.0.0.1", 0), ("127.0.0.1", upstream_port),
-                           up_ms=delay_ms, down_ms=delay_ms)
+        proxy = DelayProxy(
+            "bench",
+            ("127.0.0.1", 0),
+            ("127.0.0.1", upstream_port),
+            up_ms=delay_ms,
+            down_ms=delay_ms,
+        )
         asyncio.run_coroutine_threadsafe(proxy.start(), self.loop).result(10)
         self.proxies.append(proxy)
         return proxy.listen
@@ -98,11 +103,13 @@ def measure(delay_ms: float, runs: int) -> list[dict[str, float]]:
                 chosen = targets[:count]
                 parallel = [time_parallel(chosen) for _ in range(runs)]
                 serial = [time_serial(chosen) for _ in range(runs)]
-                rows.append({
-                    "boxes": count,
-                    "parallel": statistics.median(parallel),
-                    "serial": statistics.median(serial),
-                })
+                rows.append(
+                    {
+                        "boxes": count,
+                        "parallel": statistics.median(parallel),
+                        "serial": statistics.median(serial),
+                    }
+                )
         finally:
             proxies.close()
             for box in boxes:
@@ -135,8 +142,8 @@ def render(rows: list[dict[str, float]], delay_ms: float, runs: int) -> str:
 
 
 def write_section(text: str) -> None:
-    current = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else (
-        "# Benchmarks\n\n"
+    current = (
+        BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else ("# Benchmarks\n\n")
     )
     if SECTION_START in current and SECTION_END in current:
         head, rest = current.split(SECTION_START, 1)
@@ -149,12 +156,23 @@ def write_section(text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--delay", type=float, default=100.0,
-                        help="added delay per direction, in ms (default: 100)")
-    parser.add_argument("--runs", type=int, default=3,
-                        help="runs per case; the median is kept (default: 3)")
-    parser.add_argument("--no-write", action="store_true",
-                        help="print the table without writing docs/benchmarks.md")
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=100.0,
+        help="added delay per direction, in ms (default: 100)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="runs per case; the median is kept (default: 3)",
+    )
+    parser.add_argument(
+        "--no-write",
+        action="store_true",
+        help="print the table without writing docs/benchmarks.md",
+    )
     options = parser.parse_args()
 
     text = render(measure(options.delay, options.runs), options.delay, options.runs)
