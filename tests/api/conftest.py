@@ -15,6 +15,7 @@ from app.auth import new_user_documents
 from app.main import create_app
 from app.settings import Settings, parse_networks
 from app.sync import open_store
+
 from .servers import redis_server
 
 with warnings.catch_warnings():
