@@ -56,6 +56,20 @@ def ruby_string(value: Any) -> str:
     return f'"{text}"'
 
 
+def comment_text(value: Any) -> str:
+    """Escape a value for a Ruby `#` comment: control characters become visible.
+
+    A line break would end the comment and make the rest of the value Ruby
+    code that Vagrant runs, and a config file name or a catalogue serial can
+    hold one.
+    """
+    text = str(value)
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)),
@@ -101,7 +115,7 @@ def context(fleet: Fleet, region: Region, image: Image | None = None,
     values: dict[str, Any] = {
         "name": region.name,
         "provider": region.provider,
-        "config_name": fleet.path.name,
+        "config_name": comment_text(fleet.path.name),
         "machine_label": f"{fleet.project.name}-{region.name}",
     }
 
@@ -112,8 +126,8 @@ def context(fleet: Fleet, region: Region, image: Image | None = None,
             image = resolve_ami(region, **kwargs)
         values.update(
             ami=image.id,
-            image_source=image.source,
-            image_serial=image.serial,
+            image_source=comment_text(image.source),
+            image_serial=comment_text(image.serial or ""),
             size=region.size,
             key_pair=region.key_pair,
             security_group=security_group_name(fleet, region),

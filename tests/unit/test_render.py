@@ -196,3 +196,30 @@ def test_aws_image_from_cache(fleet, tmp_path, monkeypatch):
 ])
 def test_ruby_string_quoting(value, expected):
     assert render.ruby_string(value) == expected
+
+
+def test_config_name_stays_in_comment(home, tmp_path):
+    config = tmp_path / 'x\nputs("injected")\n#.toml'
+    shutil.copyfile(REPO / "regions.toml", config)
+    fleet = regions.load(config)
+    text = rendered(fleet, "local")
+    assert '\nputs("injected")' not in text
+    assert 'x\\nputs("injected")\\n#.toml' in text
+
+
+def test_catalogue_serial_stays_in_comment(fleet):
+    region = fleet.regions["eu-west-1"]
+    image = Image(AMI, "20241119\n", "catalogue\raws.json", "2024-11-20",
+                  region.name, region.ubuntu, region.arch)
+    text = render.render_text(fleet, region, image)
+    image_line = next(line for line in text.splitlines() if "# Image:" in line)
+    assert image_line.strip() == "# Image: catalogue\\raws.json, serial 20241119\\n."
+
+
+def test_image_without_serial_has_none_written(fleet):
+    region = fleet.regions["eu-west-1"]
+    image = Image(AMI, "", "pinned in regions.toml", "", region.name,
+                  region.ubuntu, region.arch)
+    text = render.render_text(fleet, region, image)
+    assert "# Image: pinned in regions.toml." in text
+    assert "serial" not in text
