@@ -184,7 +184,8 @@ def up(fleet: Any, net_path: Path = NET_CONFIG, state: Path = STATE_DIR
         json.dumps(labnet.front_endpoints(spec), indent=1)
     )
     (state / "status.json").unlink(missing_ok=True)
-    write_couchdb_overrides(fleet, spec)
+    overrides = write_couchdb_overrides(fleet, spec)
+    (state / "overrides.json").write_text(json.dumps([str(p) for p in overrides]))
 
     with (state / "labnet.log").open("a") as output:
         process = subprocess.Popen(
@@ -223,6 +224,7 @@ def down(state: Path = STATE_DIR) -> bool:
     """Stop the lab network process; return False if none was running."""
     pid = running_pid(state)
     (state / "labnet.pid").unlink(missing_ok=True)
+    remove_couchdb_overrides(state)
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
@@ -235,6 +237,16 @@ def down(state: Path = STATE_DIR) -> bool:
     os.kill(pid, signal.SIGKILL)
     log.warning("event=labnet_killed pid=%d after_seconds=%g", pid, STOP_TIMEOUT)
     return True
+
+
+def remove_couchdb_overrides(state: Path = STATE_DIR) -> None:
+    """Remove the database URLs that point at links which no longer run."""
+    listing = state / "overrides.json"
+    if not listing.exists():
+        return
+    for name in json.loads(listing.read_text()):
+        Path(name).unlink(missing_ok=True)
+    listing.unlink()
 
 
 def _is_zombie(pid: int) -> bool:

@@ -361,3 +361,20 @@ def test_couchdb_overrides_skipped_without_primary_url(tmp_path):
 
     assert written == []
     assert not (fleet.regions["lab-west"].box_dir / "couchdb_url").exists()
+
+
+def test_couchdb_overrides_removed_on_down(tmp_path):
+    from fleet import multilab
+
+    state = tmp_path / "state"
+    state.mkdir()
+    written = tmp_path / "boxes" / "lab-west" / "couchdb_url"
+    written.parent.mkdir(parents=True)
+    written.write_text("http://172.17.0.1:15985/users\n")
+    (state / "overrides.json").write_text(json.dumps([str(written)]))
+
+    running = multilab.down(state)
+
+    assert running is False
+    assert not written.exists()
+    assert not (state / "overrides.json").exists()
