@@ -52,8 +52,10 @@ RELEASES_TABLE_URL = "https://cloud-images.ubuntu.com/locator/ec2/releasesTable"
 FETCH_TIMEOUT = 30.0
 
 _AMI_ID = re.compile(r"\bami-(?:[0-9a-f]{17}|[0-9a-f]{8})\b")
-_EXACT_AMI_ID = re.compile(r"^ami-(?:[0-9a-f]{17}|[0-9a-f]{8})$")
-_SERIAL = re.compile(r"^\d{8}(\.\d+)?$")
+_EXACT_AMI_ID = re.compile(r"^ami-(?:[0-9a-f]{17}|[0-9a-f]{8})\Z")
+# \Z, not $: "$" also matches before a trailing newline, which a serial
+# must not contain because it is written into a Vagrantfile comment.
+_SERIAL = re.compile(r"^[0-9]{8}(\.[0-9]+)?\Z")
 # EC2 names the architectures "x86_64" and "arm64", while Ubuntu's catalogues
 # and SSM paths use "amd64" and "arm64".
 _EC2_ARCH = {"amd64": "x86_64", "arm64": "arm64"}
@@ -163,6 +165,9 @@ def parse_releases_table(text: str) -> list[list[str]]:
     except json.JSONDecodeError as error:
         raise ImageError(f"releasesTable is not valid JSON even without trailing "
                          f"commas: {error.msg} at line {error.lineno}") from None
+    except RecursionError:
+        raise ImageError("releasesTable nests arrays or objects too deeply to "
+                         "parse; download it again") from None
     rows = data.get("aaData") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         raise ImageError("releasesTable has no 'aaData' list")
@@ -235,21 +240,38 @@ def store_catalogue(content: bytes, name: str, cache_dir: Path | None = None,
     return path
 
 
+def _read_catalogue(path: Path, fix: str) -> str:
+    """Return a catalogue file's text; raise ImageError naming `fix` if unreadable."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ImageError(f"{path}: not UTF-8 text ({error.reason}); {fix}") from None
+    except OSError as error:
+        raise ImageError(f"{path}: cannot read: {error.strerror}; {fix}") from None
+
+
+def _parse_json(text: str, path: Path, fix: str) -> Any:
+    """Parse a catalogue's JSON; raise ImageError naming `fix` if it is invalid."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ImageError(f"{path}: not JSON ({error.msg}); {fix}") from None
+    except RecursionError:
+        raise ImageError(f"{path}: JSON nested too deeply to parse; {fix}") from None
+
+
 def import_catalogue(source: Path, cache_dir: Path | None = None) -> Path:
     """Copy a saved aws.json or releasesTable into the cache; return the path."""
     cache_dir = cache_dir or default_cache_dir()
-    text = source.read_text(encoding="utf-8")
+    expected = "expected aws.json or a releasesTable body"
+    text = _read_catalogue(source, expected)
     if '"aaData"' in text:
         name = RELEASES_TABLE_NAME
         parse_releases_table(text)
     else:
         name = SIMPLESTREAMS_NAME
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ImageError(f"{source}: not JSON ({error.msg}); expected "
-                             f"aws.json or a releasesTable body") from None
-        if "products" not in data:
+        data = _parse_json(text, source, expected)
+        if not isinstance(data, dict) or "products" not in data:
             raise ImageError(f"{source}: no 'products' table; expected the "
                              f"simplestreams file com.ubuntu.cloud:released:aws.json")
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -285,15 +307,15 @@ def from_cache(region: str, release: str, arch: str, cache_dir: Path | None = No
     streams = cache_dir / SIMPLESTREAMS_NAME
     table = cache_dir / RELEASES_TABLE_NAME
     if streams.exists():
-        try:
-            data = json.loads(streams.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ImageError(f"{streams}: not JSON ({error.msg}); run "
-                             f"`invoke ami --refresh` to download it again") from None
+        fix = "run `invoke ami --refresh` to download it again"
+        data = _parse_json(_read_catalogue(streams, fix), streams, fix)
+        if not isinstance(data, dict):
+            raise ImageError(f"{streams}: not a JSON object; {fix}")
         image_id, serial = pick_from_simplestreams(data, region, release, arch)
         source, path = "catalogue aws.json", streams
     elif table.exists():
-        rows = parse_releases_table(table.read_text(encoding="utf-8"))
+        fix = "import a fresh copy with `invoke ami --import-file FILE`"
+        rows = parse_releases_table(_read_catalogue(table, fix))
         image_id, serial = pick_from_releases_table(rows, region, release, arch)
         source, path = "catalogue releasesTable", table
     else:

@@ -373,3 +373,44 @@ def test_scaleway_image_per_zone():
     ams = images.scaleway_image(fleet.regions["nl-ams-1"], Marketplace())
     assert par.id == "fr-par-1-x86"
     assert ams.id == "nl-ams-1-x86"
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'"products"', "no 'products' table"),
+    (b"[1, 2, 3]", "no 'products' table"),
+])
+def test_import_rejects_unusable_file(tmp_path, content, expected):
+    saved = tmp_path / "saved.json"
+    saved.write_bytes(content)
+    with pytest.raises(ImageError) as caught:
+        images.import_catalogue(saved, tmp_path / "cache")
+    assert str(saved) in str(caught.value)
+    assert expected in str(caught.value)
+    assert not (tmp_path / "cache" / "aws.json").exists()
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"\xff\xfe", "not UTF-8 text"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b"[]", "not a JSON object"),
+])
+def test_corrupt_cache_names_refresh(tmp_path, content, expected):
+    (tmp_path / "aws.json").write_bytes(content)
+    with pytest.raises(ImageError) as caught:
+        images.resolve_ami(aws_region(), cache_dir=tmp_path, use_ssm=False)
+    assert expected in str(caught.value)
+    assert "invoke ami --refresh" in str(caught.value)
+
+
+def test_serial_with_newline_skipped():
+    data = json.loads(json.dumps(SAMPLE))
+    product = data["products"]["com.ubuntu.cloud:server:24.04:amd64"]
+    versions = product["versions"]
+    newest = max(versions)
+    versions[newest + "\n"] = versions.pop(newest)
+    image_id, serial = images.pick_from_simplestreams(
+        data, "eu-west-1", "24.04", "amd64")
+    assert "\n" not in serial
+    assert serial != newest
