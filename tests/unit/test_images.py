@@ -410,7 +410,7 @@ def test_serial_with_newline_skipped():
     versions = product["versions"]
     newest = max(versions)
     versions[newest + "\n"] = versions.pop(newest)
-    image_id, serial = images.pick_from_simplestreams(
+    _image_id, serial = images.pick_from_simplestreams(
         data, "eu-west-1", "24.04", "amd64")
     assert "\n" not in serial
     assert serial != newest
