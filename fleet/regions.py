@@ -44,16 +44,28 @@ SCALEWAY_ZONES = (
 # Instance type prefixes whose CPUs are arm64. AWS Graviton families carry a
 # "g" after the generation digit (t4g, m7gd, c6gn), plus the first-generation
 # a1. Scaleway's Ampere types are AMP2 and COPARM1.
-_AWS_ARM_FAMILY = re.compile(r"^(a1|[a-z]+\d+g[a-z]*)$")
+_AWS_ARM_FAMILY = re.compile(r"a1|[a-z]+[0-9]+g[a-z]*")
 _SCALEWAY_ARM_PREFIXES = ("AMP2-", "COPARM1-")
 
-_AZ_PATTERN = re.compile(r"^([a-z]{2}(?:-gov)?-[a-z]+-\d+)([a-z])$")
-_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_AMI_PATTERN = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
-_AWS_SIZE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
-_SCALEWAY_SIZE_PATTERN = re.compile(r"^[A-Z0-9]+(-[A-Z0-9]+)+$")
-_VERSION_PATTERN = re.compile(r"^\d+(\.\d+)*$")
+# Patterns are used with fullmatch(): "$" would also accept a trailing newline.
+_AZ_PATTERN = re.compile(r"([a-z]{2}(?:-gov)?-[a-z]+-[0-9]+)([a-z])")
+_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
+_HOSTNAME_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_AMI_PATTERN = re.compile(r"ami-([0-9a-f]{8}|[0-9a-f]{17})")
+_AWS_SIZE_PATTERN = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9]+")
+_SCALEWAY_SIZE_PATTERN = re.compile(r"[A-Z0-9]+(-[A-Z0-9]+)+")
+_VERSION_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+_PIN_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*(\.\*)?")
+# A Docker image reference, checked loosely: optional registry host[:port]/,
+# lower-case path components, optional :tag and @sha256 digest.
+_IMAGE_PATTERN = re.compile(
+    r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
+)
+# EC2 key pair names: up to 255 ASCII characters (EC2 API reference,
+# CreateKeyPair, KeyName).
+_KEY_PAIR_PATTERN = re.compile(r"[\x20-\x7e]{1,255}")
 
 DISK_WARN_GB = 16
 DOCKER_IMAGE = "vatfleet-box:bookworm"
@@ -184,11 +196,18 @@ class Fleet:
                 f"{self.path}: no region given; pass --region NAME, a comma list "
                 f"or 'all' (valid: {', '.join(self.regions)})"
             )
-        unknown = [name for name in names if name not in self.regions]
-        if unknown:
+        if "all" in names and "all" not in self.regions:
             raise ConfigError(
-                f"{self.path}: unknown region {', '.join(map(repr, unknown))}; "
-                f"valid regions: {', '.join(self.regions)}, or 'all'"
+                f"{self.path}: --region {_clip(spec)!r} combines 'all' with other "
+                f"names; pass --region all alone, or list the regions"
+            )
+        unknown = list(dict.fromkeys(n for n in names if n not in self.regions))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0].lower(), self.regions, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"{self.path}: unknown region {', '.join(map(repr, map(_clip, unknown)))}"
+                f"; {hint}valid regions: {', '.join(self.regions)}, or 'all'"
             )
         return [self.regions[name] for name in dict.fromkeys(names)]
 
@@ -214,7 +233,7 @@ def instance_arch(provider: str, size: str) -> str:
     """Return "arm64" or "amd64" for an instance type of the given provider."""
     if provider == "aws":
         family = size.split(".", 1)[0]
-        return "arm64" if _AWS_ARM_FAMILY.match(family) else "amd64"
+        return "arm64" if _AWS_ARM_FAMILY.fullmatch(family) else "amd64"
     if provider == "scaleway":
         return "arm64" if size.startswith(_SCALEWAY_ARM_PREFIXES) else "amd64"
     return "amd64"
@@ -248,6 +267,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text ({error.reason})") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(_explain_toml_error(path, str(error))) from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise ConfigError(
+            f"{path}: invalid TOML: arrays or inline tables nested too deeply "
+            f"to parse; region settings need at most two levels"
+        ) from None
 
 
 def _explain_toml_error(path: Path, message: str) -> str:
@@ -400,7 +425,7 @@ class _Checker:
                 hint = f'; quote it: {key} = "{value}"'
             self.fail(
                 where,
-                f"key {key!r} must be a {_TOML_NAMES.get(expected, expected)}, "
+                f"key {key!r} must be {_article(_TOML_NAMES.get(expected, expected))}, "
                 f"got {_type_name(value)} {value!r}{hint}",
             )
             return False
@@ -452,7 +477,7 @@ class _Checker:
         return self._make_region(name, provider, merged, project)
 
     def _check_name(self, name: str, where: str) -> None:
-        if not _NAME_PATTERN.match(name):
+        if not _NAME_PATTERN.fullmatch(name):
             self.fail(
                 where,
                 f"region name {name!r} is invalid; use lower-case letters, digits "
@@ -486,7 +511,7 @@ class _Checker:
     def _check_aws_region(self, where: str, what: str, value: str) -> None:
         if value in self.known_aws_regions:
             return
-        zone = _AZ_PATTERN.match(value)
+        zone = _AZ_PATTERN.fullmatch(value)
         if zone and zone.group(1) in self.known_aws_regions:
             self.fail(
                 where,
@@ -515,7 +540,7 @@ class _Checker:
                       f"{example!r}")
             return
         pattern = _AWS_SIZE_PATTERN if provider == "aws" else _SCALEWAY_SIZE_PATTERN
-        if not pattern.match(size):
+        if not pattern.fullmatch(size):
             example = "t3.small" if provider == "aws" else "DEV1-S"
             self.fail(where, f"key 'size' {size!r} is not a {provider} instance "
                       f"type; use a name such as {example!r}")
@@ -527,7 +552,7 @@ class _Checker:
             self.fail(
                 where,
                 f"key 'arch' is {arch!r} but instance type {size!r} runs "
-                f"{size_arch}; pick a {arch} instance type or set "
+                f"{size_arch}; pick {_article(arch)} instance type or set "
                 f"arch = {size_arch!r}",
             )
 
@@ -553,8 +578,9 @@ class _Checker:
     def _check_disk(self, where: str, values: dict[str, Any]) -> None:
         disk = values["disk_gb"]
         if disk < 8 or disk > 16384:
-            self.fail(where, f"key 'disk_gb' {disk} is out of range; use 20 to 16384 "
-                      f"(Ubuntu cloud images need 8 GB to boot)")
+            self.fail(where, f"key 'disk_gb' {disk} is out of range; use 8 to 16384, "
+                      f"20 or more in practice (Ubuntu cloud images need 8 GB "
+                      f"to boot)")
         elif disk < DISK_WARN_GB:
             self.warnings.append(
                 f"{self.path}: {where}: disk_gb = {disk} is below {DISK_WARN_GB} GB; "
@@ -585,18 +611,18 @@ class _Checker:
             return
         labels = hostname.rstrip(".").split(".")
         valid = len(hostname) <= 253 and len(labels) >= 2 and all(
-            _HOSTNAME_LABEL.match(label) for label in labels)
+            _HOSTNAME_LABEL.fullmatch(label) for label in labels)
         if not valid:
             self.fail(where, f"key 'hostname' {hostname!r} is not a valid DNS name; "
                       f"use lower-case labels such as 'eu-west-1.api.example.com'")
 
     def _check_versions(self, where: str, values: dict[str, Any]) -> None:
         floor = values["nginx_floor"]
-        if not _VERSION_PATTERN.match(floor):
+        if not _VERSION_PATTERN.fullmatch(floor):
             self.fail(where, f"key 'nginx_floor' {floor!r} is not a version; use "
                       f"digits and dots such as '1.11.9'")
         pin = values["nginx_pin"]
-        if pin and not re.match(r"^\d+(\.\d+)*(\.\*)?$", pin):
+        if pin and not _PIN_PATTERN.fullmatch(pin):
             self.fail(where, f"key 'nginx_pin' {pin!r} is not an apt version pin; "
                       f"use a form such as '1.24.*', or \"\" for the distro's")
 
@@ -609,8 +635,18 @@ class _Checker:
             self.fail(where, f"key 'arch' 'arm64' is not supported for {provider} "
                       f"regions; remove it")
 
+        image = values.get("image") or ""
+        if provider == "docker" and not _IMAGE_PATTERN.fullmatch(image):
+            self.fail(where, f"key 'image' {image!r} is not a Docker image reference; "
+                      f"use a name such as {DOCKER_IMAGE!r}")
+
+        key_pair = values.get("key_pair") or ""
+        if key_pair and not _KEY_PAIR_PATTERN.fullmatch(key_pair):
+            self.fail(where, f"key 'key_pair' {key_pair!r} is not an EC2 key pair "
+                      f"name; use 1 to 255 printable ASCII characters")
+
         ami = values.get("ami") or ""
-        if ami and not _AMI_PATTERN.match(ami):
+        if ami and not _AMI_PATTERN.fullmatch(ami):
             self.fail(where, f"key 'ami' {ami!r} is not an AMI id; use 'ami-' and 8 "
                       f"or 17 hex digits, or remove it to resolve the image")
 
@@ -633,7 +669,8 @@ class _Checker:
         try:
             address = ipaddress.IPv4Address(value)
         except ValueError:
-            self.fail(where, f"key 'private_ip' {value!r} is not an IPv4 address")
+            self.fail(where, f"key 'private_ip' {value!r} is not an IPv4 address; "
+                      f"use one in VirtualBox's host-only range, 192.168.56.0/21")
             return
         if not address.is_private:
             self.fail(where, f"key 'private_ip' {value!r} is not a private address; "
@@ -709,6 +746,17 @@ class _Checker:
 
 
 _TOML_NAMES = {"str": "string", "int": "integer", "list": "list", "bool": "boolean"}
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """Shorten a long value for an error message, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _article(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _type_name(value: Any) -> str:

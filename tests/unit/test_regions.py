@@ -137,8 +137,8 @@ def test_key_of_other_provider(tmp_path):
 
 
 @pytest.mark.parametrize(("line", "expected"), [
-    ('disk_gb = "20"', "key 'disk_gb' must be a integer, got string '20'"),
-    ("disk_gb = true", "key 'disk_gb' must be a integer, got boolean True"),
+    ('disk_gb = "20"', "key 'disk_gb' must be an integer, got string '20'"),
+    ("disk_gb = true", "key 'disk_gb' must be an integer, got boolean True"),
     ("size = 3", "key 'size' must be a string, got integer 3"),
     ('roles = "base"', "key 'roles' must be a list"),
     ("roles = [1]", "key 'roles' must be a list of strings"),
@@ -348,3 +348,102 @@ def test_invalid_toml_names_line(tmp_path):
     message = load_error(tmp_path, "[regions.x\n")
     assert "invalid TOML" in message
     assert "line" in message
+
+
+def test_deeply_nested_toml_rejected(tmp_path):
+    path = tmp_path / "regions.toml"
+    path.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        regions.load(path)
+    assert str(path) in str(caught.value)
+    assert "nested too deeply" in str(caught.value)
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ('hostname = "eu-west-1.api.vatrates.example\\n"', "hostname"),
+    ('size = "t3.small\\n"', "size"),
+    ('ami = "ami-0123456789abcdef0\\n"', "ami"),
+    ('nginx_floor = "1.11.9\\n"', "nginx_floor"),
+    ('nginx_pin = "1.24.*\\n"', "nginx_pin"),
+])
+def test_trailing_newline_rejected(tmp_path, line, key):
+    # "$" in a pattern also matches before a final newline; fullmatch does not.
+    kept = [row for row in HEAD.splitlines() if not row.startswith(f"{key} =")]
+    message = load_error(tmp_path, "", head="\n".join(kept) + "\n" + line + "\n")
+    assert f"key '{key}'" in message
+    assert "\\n" in message
+
+
+def test_region_name_with_newline_rejected(tmp_path):
+    body = """
+    [regions."local\\n"]
+    provider = "docker"
+    hostname = "local.vatrates.test"
+    ssh_port = 2301
+    http_port = 2302
+    https_port = 2303
+    """
+    message = load_error(tmp_path, body)
+    assert "region name 'local\\n' is invalid" in message
+
+
+@pytest.mark.parametrize("image", ["x; rm -rf /", "Upper:case", "box:", "a b"])
+def test_docker_image_reference_checked(tmp_path, image):
+    body = f"""
+    [regions.local]
+    provider = "docker"
+    hostname = "local.vatrates.test"
+    ssh_port = 2301
+    http_port = 2302
+    https_port = 2303
+    image = "{image}"
+    """
+    message = load_error(tmp_path, body)
+    assert f"key 'image' {image!r} is not a Docker image reference" in message
+
+
+@pytest.mark.parametrize("image", [
+    "vatfleet-box:bookworm", "debian:12", "localhost:5000/lab/box:1.0",
+    "ghcr.io/team/box@sha256:" + "a" * 64,
+])
+def test_docker_image_reference_accepted(tmp_path, image):
+    body = f"""
+    [regions.local]
+    provider = "docker"
+    hostname = "local.vatrates.test"
+    ssh_port = 2301
+    http_port = 2302
+    https_port = 2303
+    image = "{image}"
+    """
+    fleet = regions.load(write(tmp_path, body))
+    assert fleet.regions["local"].image == image
+
+
+def test_key_pair_must_be_ascii(tmp_path):
+    head = HEAD.replace('key_pair = "vatrates"', 'key_pair = "clé"')
+    message = load_error(tmp_path, "", head=head)
+    assert "key 'key_pair' 'clé' is not an EC2 key pair name" in message
+
+
+def test_select_all_with_names_rejected():
+    fleet = regions.load(REPO / "regions.toml")
+    with pytest.raises(ConfigError) as caught:
+        fleet.select("all,local")
+    assert "combines 'all' with other names" in str(caught.value)
+    assert "unknown region" not in str(caught.value)
+
+
+def test_select_suggests_close_name():
+    fleet = regions.load(REPO / "regions.toml")
+    with pytest.raises(ConfigError) as caught:
+        fleet.select("LOCAL")
+    assert "did you mean 'local'?" in str(caught.value)
+
+
+def test_select_clips_long_name():
+    fleet = regions.load(REPO / "regions.toml")
+    with pytest.raises(ConfigError) as caught:
+        fleet.select("a" * 3000)
+    assert len(str(caught.value)) < 600
+    assert "(3000 characters)" in str(caught.value)
