@@ -9,6 +9,7 @@ machines at once gives no safe way to tell their blocks apart.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,14 @@ VAGRANT_PROVIDERS = {
 VAGRANT_COMMA = "%!(VAGRANT_COMMA)"
 COMMAND_TIMEOUT = 60.0
 UP_TIMEOUT = 1800.0
+DOCKER_PS_TIMEOUT = 10.0
+REASON_LIMIT = 300
+
+# Vagrant's ForwardPortCollision text (templates/locales/en.yml), with its line
+# breaks folded into spaces.
+PORT_IN_USE = re.compile(r"forwarded port to (\d+) is already in use")
+# A published port in `docker ps` output: "127.0.0.1:2222->22/tcp".
+PUBLISHED_PORT = re.compile(r":(\d+)->")
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,78 @@ def parse_ssh_config(text: str) -> dict[str, dict[str, str]]:
     return hosts
 
 
+def error_reason(stdout: str, stderr: str) -> str:
+    """Return the part of a failed Vagrant run's output that states the cause.
+
+    With --machine-readable, that is the `error-exit` row's message, else the
+    first `ui,error` row. In human output it is the first paragraph on stderr,
+    where Vagrant prints its error block; the lines after it list remedies,
+    so the last line of output rarely names the cause.
+    """
+    rows = parse_machine_readable(stdout + "\n" + stderr)
+    texts = [row.data[1] for row in rows
+             if row.type == "error-exit" and len(row.data) > 1]
+    texts += [row.data[1] for row in rows
+              if row.type == "ui" and len(row.data) > 1 and row.data[0] == "error"]
+    if texts:
+        text = texts[0]
+    else:
+        plain = "\n".join(line for line in stderr.splitlines()
+                          if not parse_machine_readable(line))
+        text = plain.strip() or stdout.strip()
+    paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+    first = " ".join(paragraphs[0].split()) if paragraphs else ""
+    return first[:REASON_LIMIT]
+
+
+def published_ports(docker_ps: str) -> dict[int, str]:
+    """Map host ports to container names, from `docker ps` NAMES<TAB>PORTS."""
+    holders: dict[int, str] = {}
+    for line in docker_ps.splitlines():
+        name, _, ports = line.partition("\t")
+        for port in PUBLISHED_PORT.findall(ports):
+            holders.setdefault(int(port), name.strip())
+    return holders
+
+
+def docker_port_holders() -> dict[int, str]:
+    """Return {host port: container name} from `docker ps`; {} if it fails."""
+    try:
+        result = subprocess.run(
+            ["docker", "ps", "--format", "{{.Names}}\t{{.Ports}}"],
+            capture_output=True, text=True, timeout=DOCKER_PS_TIMEOUT, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return published_ports(result.stdout) if result.returncode == 0 else {}
+
+
+def explain_failure(region: Region, stdout: str, stderr: str,
+                    holders: dict[int, str] | None = None) -> str:
+    """Return the reason a Vagrant run failed, with the fix where one is known.
+
+    A forwarded-port collision names the regions.toml key that set the port
+    and, when `docker ps` shows one, the container that publishes it.
+    `holders` replaces the `docker ps` call in tests.
+    """
+    reason = error_reason(stdout, stderr)
+    match = PORT_IN_USE.search(" ".join((stdout + " " + stderr).split()))
+    if match is None:
+        return reason
+    port = int(match.group(1))
+    key = next((k for k in ("ssh_port", "http_port", "https_port")
+                if getattr(region, k, 0) == port), "its port")
+    change = f"change {key} in regions.toml"
+    if holders is None:
+        holders = docker_port_holders()
+    holder = holders.get(port)
+    if holder:
+        return (f"port {port} is held by container {holder}; destroy it from the "
+                f"checkout that built it, or {change}")
+    return (f"port {port} is already in use on this host; stop what listens on "
+            f"it, or {change}")
+
+
 class Machine:
     """The Vagrant machine of one region."""
 
@@ -130,9 +211,11 @@ class Machine:
         )
 
     def destroy(self) -> str:
-        """Destroy the machine; return a note. Nothing happens if never rendered."""
+        """Destroy the machine; return a note. Skip a machine never rendered or created."""
         if not self.vagrantfile.exists():
             return "nothing to destroy"
+        if self.status() == "not_created":
+            return "not created"
         self._vagrant(["destroy", self.region.name, "--force"], timeout=UP_TIMEOUT)
         return "destroyed"
 
@@ -189,7 +272,16 @@ class Machine:
             env["VATFLEET_RUN"] = self.ctx.run_id
 
         if self.ctx is not None:
-            result = self.ctx.run(argv, cwd=self.root, env=env, timeout=timeout)
+            result = self.ctx.run(argv, cwd=self.root, env=env, timeout=timeout,
+                                  check=False)
+            if result.returncode != 0:
+                from fleet.pipeline import StepFailed
+
+                raise StepFailed(
+                    self.ctx.step, self.region.name, self.ctx.log_path,
+                    f"vagrant {' '.join(args[:2])} exited with {result.returncode}: "
+                    f"{explain_failure(self.region, result.stdout, result.stderr)}",
+                )
             return result.stdout
 
         try:
@@ -203,7 +295,7 @@ class Machine:
                 f"{self.root}"
             ) from None
         if result.returncode != 0:
-            message = (result.stderr.strip() or result.stdout.strip())[-500:]
+            message = explain_failure(self.region, result.stdout, result.stderr)
             raise VagrantError(
                 f"vagrant {' '.join(args)} failed in {self.root} "
                 f"(exit {result.returncode}): {message}"

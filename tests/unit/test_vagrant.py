@@ -97,7 +97,8 @@ echo "VAGRANT_CHECKPOINT_DISABLE=$VAGRANT_CHECKPOINT_DISABLE" >> {log}
 case "$1" in
   status) printf '%s\\n' '1,local,state,not_created' ;;
   ssh-config) cat "{tmp_path}/ssh-config.out" ;;
-  up) [ -f "{tmp_path}/fail" ] && {{ echo boom >&2; exit 3; }} ;;
+  up) [ -s "{tmp_path}/fail" ] && {{ cat "{tmp_path}/fail" >&2; exit 1; }}
+      [ -f "{tmp_path}/fail" ] && {{ echo boom >&2; exit 3; }} ;;
 esac
 exit 0
 """)
@@ -159,3 +160,74 @@ def test_provider_per_region():
     assert providers["fr-par-1"] == "managed"
     assert providers["rehearsal"] == "virtualbox"
     assert providers["local"] == "docker"
+
+
+COLLISION = """\
+Vagrant cannot forward the specified ports on this VM, since they
+would collide with some other application that is already listening
+on these ports. The forwarded port to 2222 is already in use
+on the host machine.
+
+To fix this, modify your current project's Vagrantfile to use another
+port. Example, where '1234' would be replaced by a unique host port:
+
+  config.vm.network :forwarded_port, guest: 22, host: 1234
+
+try 'vagrant reload' (equivalent of running a halt followed by an up)
+so vagrant can attempt to auto-correct this upon booting. Be warned
+that any unsaved work might be lost.
+"""
+
+
+def test_error_reason_prefers_error_exit_row():
+    stdout = (
+        "1,,ui,info,Bringing machine...\n"
+        "2,,ui,error,The provider could not start.\n"
+        "3,,error-exit,Vagrant::Errors::ProviderNotUsable,The provider 'docker' "
+        "is not usable.\\nIs the engine running?\n"
+    )
+    assert vagrant.error_reason(stdout, "") == (
+        "The provider 'docker' is not usable. Is the engine running?"
+    )
+
+
+def test_error_reason_takes_first_paragraph_of_stderr():
+    reason = vagrant.error_reason("==> local: Creating...\n", COLLISION)
+    assert reason.startswith("Vagrant cannot forward the specified ports on this")
+    assert reason.endswith("is already in use on the host machine.")
+    assert "unsaved work" not in reason
+
+
+def test_published_ports_from_docker_ps():
+    listing = ("vatrates-local\t127.0.0.1:2222->22/tcp, 127.0.0.1:8080->80/tcp\n"
+               "redis\t6379/tcp\n")
+    assert vagrant.published_ports(listing) == {2222: "vatrates-local",
+                                                8080: "vatrates-local"}
+
+
+def test_port_collision_names_container_and_key(machine, fake_vagrant, tmp_path,
+                                                monkeypatch):
+    from fleet.pipeline import StepContext, StepFailed
+
+    (tmp_path / "fail").write_text(COLLISION)
+    monkeypatch.setattr(vagrant, "docker_port_holders",
+                        lambda: {2222: "vatrates-local"})
+    ctx = StepContext(None, machine.region, tmp_path / "up.log", step="up")
+    with pytest.raises(StepFailed) as caught:
+        vagrant.Machine(machine.region, ctx).up()
+    message = caught.value.message
+    assert message.startswith("vagrant up local exited with 1: ")
+    assert "port 2222 is held by container vatrates-local" in message
+    assert "change ssh_port in regions.toml" in message
+    assert "unsaved work" not in message
+
+
+def test_port_collision_without_docker_holder(machine):
+    reason = vagrant.explain_failure(machine.region, "", COLLISION, holders={})
+    assert reason == ("port 2222 is already in use on this host; stop what "
+                      "listens on it, or change ssh_port in regions.toml")
+
+
+def test_destroy_of_box_never_created(machine, fake_vagrant):
+    assert machine.destroy() == "not created"
+    assert "destroy" not in fake_vagrant.read_text()
