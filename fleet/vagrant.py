@@ -211,7 +211,7 @@ class Machine:
         )
 
     def destroy(self) -> str:
-        """Destroy the machine; return a note. Skip a machine never rendered or created."""
+        """Destroy the machine and return a note; skip one never rendered or created."""
         if not self.vagrantfile.exists():
             return "nothing to destroy"
         if self.status() == "not_created":
