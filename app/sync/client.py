@@ -47,6 +47,14 @@ class TransientError(CouchError):
     """A failure worth retrying: network, timeout, 5xx or 429."""
 
 
+class BadResponse(TransientError):
+    """A 2xx response whose body is not the JSON the replication protocol defines.
+
+    Retried like a network error: a proxy's error page or a cut-off body
+    usually goes away on the next attempt.
+    """
+
+
 class NotFound(CouchError):
     """404: the database or document does not exist."""
 
@@ -121,11 +129,14 @@ class Database:
         timeout: float | httpx.Timeout | None = None,
         on_chunk: Callable[[bytes], None] | None = None,
         headers: dict[str, str] | None = None,
+        expect: type | None = dict,
     ) -> Any:
         """Send one request and return the decoded JSON body.
 
         `on_chunk` sees every received chunk, which is how heartbeats (bare
-        newlines) of a longpoll `_changes` request are noticed.
+        newlines) of a longpoll `_changes` request are noticed. Raises
+        BadResponse unless the body is JSON of type `expect` (an empty body
+        is returned as None when `expect` is None).
         """
         url = f"{self.url}/{path}" if path else self.url
         content = orjson.dumps(json) if json is not None else None
@@ -157,11 +168,25 @@ class Database:
 
         body = b"".join(chunks)
         self._raise_for_status(method, url, response.status_code, body)
-        if not body.strip():
+        if not body.strip() and expect is None:
             return None
-        # A page of the first pull holds tens of thousands of documents.
-        with gc_paused(len(body) // 1_000):
-            return orjson.loads(body)
+        try:
+            # A page of the first pull holds tens of thousands of documents.
+            with gc_paused(len(body) // 1_000):
+                result = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise BadResponse(
+                f"{method} {url} returned {response.status_code} with a body that "
+                f"is not JSON ({error}); it starts with {body[:60]!r}",
+                response.status_code,
+            ) from None
+        if expect is not None and not isinstance(result, expect):
+            raise BadResponse(
+                f"{method} {url} returned JSON {_json_type(result)} where the "
+                f"protocol defines {_json_type(expect())}",
+                response.status_code,
+            )
+        return result
 
     @staticmethod
     def _raise_for_status(method: str, url: str, status: int, body: bytes) -> None:
@@ -194,7 +219,7 @@ class Database:
 
     async def create(self) -> None:
         try:
-            await self.request("PUT")
+            await self.request("PUT", expect=None)
         except CouchError as error:
             if error.status != 412:  # 412: created meanwhile by someone else
                 raise
@@ -237,7 +262,7 @@ class Database:
             # A compressing server (PouchDB Server 4.2) buffers heartbeats
             # until its gzip block fills, so ask for the plain body.
             headers = {"Accept-Encoding": "identity"}
-        return await self.request(
+        result = await self.request(
             "GET",
             "_changes",
             params=params,
@@ -245,6 +270,15 @@ class Database:
             on_chunk=on_chunk,
             headers=headers,
         )
+        rows = result.get("results", [])
+        if not isinstance(rows, list) or not all(
+            isinstance(row, dict) and "id" in row and "seq" in row for row in rows
+        ):
+            raise BadResponse(
+                f"GET {self.url}/_changes returned 'results' that is not a list of "
+                f"change rows with 'id' and 'seq'"
+            )
+        return result
 
     async def revs_diff(self, revs: dict[str, list[str]]) -> dict[str, Any]:
         if not revs:
@@ -264,10 +298,19 @@ class Database:
             params={"revs": "true", "latest": "true"},
             json=body,
         )
+        entries = result.get("results", [])
+        if not isinstance(entries, list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("docs", []), list)
+            for entry in entries
+        ):
+            raise BadResponse(
+                f"POST {self.url}/_bulk_get returned 'results' that is not a list "
+                f"of {{'id', 'docs': [...]}} entries"
+            )
         docs = []
-        for entry in result.get("results", []):
+        for entry in entries:
             for item in entry.get("docs", []):
-                if "ok" in item:
+                if isinstance(item, dict) and isinstance(item.get("ok"), dict):
                     docs.append(item["ok"])
         return docs
 
@@ -296,13 +339,30 @@ class Database:
                 "latest": "true",
                 "open_revs": orjson.dumps(batch).decode(),
             }
-            result = await self.request("GET", doc_path(doc_id), params=params)
-            docs.extend(item["ok"] for item in result if "ok" in item)
+            result = await self.request(
+                "GET", doc_path(doc_id), params=params, expect=list
+            )
+            docs.extend(
+                item["ok"]
+                for item in result
+                if isinstance(item, dict) and isinstance(item.get("ok"), dict)
+            )
         return docs
 
     async def bulk_docs(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store revisions as they are (`new_edits: false`), return the errors."""
         result = await self.request(
-            "POST", "_bulk_docs", json={"docs": docs, "new_edits": False}
+            "POST", "_bulk_docs", json={"docs": docs, "new_edits": False}, expect=list
         )
-        return [row for row in result or [] if "error" in row]
+        if not all(isinstance(row, dict) for row in result):
+            raise BadResponse(
+                f"POST {self.url}/_bulk_docs returned an array whose rows are not "
+                f"all objects"
+            )
+        return [row for row in result if "error" in row]
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

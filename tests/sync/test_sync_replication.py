@@ -661,3 +661,59 @@ def test_push_without_create_target_reports_missing_db(pouch_server):
 
     with pytest.raises(NotFound, match="never-created"):
         run(scenario())
+
+
+class CorruptingTransport(httpx.AsyncBaseTransport):
+    """Forwards to the real server but replaces the first `count` responses
+    to paths containing `marker` with `body` (status 200)."""
+
+    def __init__(self, marker: str, body: bytes, count: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.marker = marker
+        self.body = body
+        self.remaining = count
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.remaining > 0 and self.marker in request.url.path:
+            self.remaining -= 1
+            return httpx.Response(200, content=self.body, request=request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize(("marker", "body", "expected"), [
+    ("_changes", b"<html>proxy error</html>", "is not JSON"),
+    ("_changes", b'{"results": [{"seq": 1, "id"', "is not JSON"),
+    ("_changes", b'{"results": 5, "last_seq": 1}', "not a list of change rows"),
+    ("_changes", b"[1, 2, 3]", "returned JSON an array"),
+    ("_changes", b"null", "returned JSON null"),
+    ("_local", b'"a string"', "returned JSON a string"),
+])
+def test_garbage_from_primary_is_retried(pouch_server, db_name, marker, body, expected):
+    pouch_server.bulk_docs(db_name, user_docs(20))
+    transport = CorruptingTransport(marker, body, count=2)
+    store = open_store("memory")
+
+    async def scenario():
+        service = SyncService(
+            store, pouch_server.url(db_name), push=False, backoff_base=0.05,
+            backoff_max=0.2, heartbeat_ms=500, transport=transport,
+        )
+        await service.start()
+        await async_wait_for(
+            lambda: service.last_error is not None, 20, "garbage not reported"
+        )
+        error = service.last_error
+        ready = await service.wait_ready(30)
+        progress = service.progress()
+        await service.stop()
+        return error, ready, progress
+
+    error, ready, progress = run(scenario(), timeout=60)
+    assert error.startswith("BadResponse: ")
+    assert expected in error
+    assert ready, progress
+    assert progress["failed"] is False
+    assert len(store_view(store)) == 20
