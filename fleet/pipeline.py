@@ -163,14 +163,19 @@ class StepResult:
 
 @dataclass
 class RunReport:
-    """Everything a run did, in the order it finished."""
+    """Everything a run did: its rows and failures, in selection order."""
 
     results: list[StepResult] = field(default_factory=list)
-    failure: StepFailed | None = None
+    failures: list[StepFailed] = field(default_factory=list)
+
+    @property
+    def failure(self) -> StepFailed | None:
+        """Return the failure of the first failed region in selection order."""
+        return self.failures[0] if self.failures else None
 
     @property
     def ok(self) -> bool:
-        return self.failure is None and all(r.ok for r in self.results)
+        return not self.failures and all(r.ok for r in self.results)
 
 
 def log_path_for(region: Region, step: str) -> Path:
@@ -238,7 +243,7 @@ def run_steps(
                 log.exception("event=step_crashed region=%s", region.name)
                 failure = StepFailed("?", region.name, None, repr(error))
                 with report_lock:
-                    report.failure = report.failure or failure
+                    report.failures.append(failure)
                 if fail_fast:
                     stop.set()
 
@@ -259,6 +264,7 @@ def run_steps(
     step_order = {name: i for i, (name, _) in enumerate(steps)}
     report.results.sort(key=lambda row: (region_order.get(row.region, 0),
                                          step_order.get(row.step, len(steps))))
+    report.failures.sort(key=lambda failure: region_order.get(failure.region, 0))
     return report
 
 
@@ -305,8 +311,7 @@ def _handle_failure(ctx: StepContext, result: StepResult, report: RunReport,
     failure = StepFailed(ctx.step, ctx.region.name, result.log_path,
                          result.result.removeprefix("FAILED: "))
     with lock:
-        if report.failure is None:
-            report.failure = failure
+        report.failures.append(failure)
     if stop is not None:
         stop.set()
     if on_failure is None:
@@ -319,6 +324,23 @@ def _handle_failure(ctx: StepContext, result: StepResult, report: RunReport,
         note = f"cleanup failed: {error}"
     _record(report, lock, StepResult(ctx.region.name, "cleanup", note,
                                      time.monotonic() - started, True))
+
+
+def failure_summary(report: RunReport) -> str:
+    """Return one line per failed region, in selection order, for the exit message.
+
+    One failure keeps the single-line form. Several get a count and then one
+    indented line each, so that no failed region goes unreported.
+    """
+    lines = []
+    for failure in report.failures:
+        log_note = f"; log file: {failure.log_path}" if failure.log_path else ""
+        lines.append(f"step {failure.step} failed on region {failure.region}: "
+                     f"{failure.message}{log_note}")
+    if len(lines) < 2:
+        return "".join(lines)
+    return "\n".join([f"{len(lines)} regions failed:",
+                      *(f"  {line}" for line in lines)])
 
 
 def summary_table(report: RunReport, title: str = "") -> Table:

@@ -53,14 +53,8 @@ def _run(config: str | None, region: str, steps, *, keep: bool = False,
     )
     console.print(pipeline.summary_table(report, title))
 
-    failure = report.failure
-    if failure is not None:
-        log = f"; log file: {failure.log_path}" if failure.log_path else ""
-        raise Exit(
-            f"step {failure.step} failed on region {failure.region}: "
-            f"{failure.message}{log}",
-            code=1,
-        )
+    if report.failures:
+        raise Exit(pipeline.failure_summary(report), code=1)
     return report
 
 

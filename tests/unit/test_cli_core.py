@@ -179,3 +179,18 @@ def test_config_option_overrides_env(env, tmp_path):
     result = invoke(["render", "--region", "lab-one", "--config", str(other)], env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "boxes" / "lab-one" / "Vagrantfile").exists()
+
+
+def test_render_all_names_every_failed_region(env):
+    (Path(env["HOME"]) / ".ssh" / "vatrates.pem").unlink()
+    result = invoke(["render", "--region", "all"], env)
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    # Every cloud region needs the key, in regions.toml's order.
+    cloud = ("eu-west-1", "us-east-1", "ap-southeast-2", "fr-par-1", "nl-ams-1")
+    for name in cloud:
+        assert f"step render failed on region {name}:" in message
+    positions = [message.index(f"region {name}:") for name in cloud]
+    assert positions == sorted(positions)
+    assert "5 regions failed:" in message
+    assert "region local:" not in message

@@ -252,3 +252,24 @@ https_port = 8499
                                 console=quiet())
     assert report.ok
     assert max(seen) == 1
+
+
+def test_failures_listed_in_selection_order(fleet):
+    def fail_some(ctx):
+        if ctx.region.name == "local":
+            return "ok"
+        raise StepFailed(ctx.step, ctx.region.name, None, f"{ctx.region.name} broke")
+
+    report = pipeline.run_steps(
+        fleet, fleet.select("us-east-1,local,eu-west-1,fr-par-1"),
+        [("a", fail_some)], console=quiet())
+    assert [f.region for f in report.failures] == ["us-east-1", "eu-west-1",
+                                                   "fr-par-1"]
+    assert report.failure.region == "us-east-1"
+    lines = pipeline.failure_summary(report).splitlines()
+    assert lines[0] == "3 regions failed:"
+    for line, name in zip(lines[1:], ("us-east-1", "eu-west-1", "fr-par-1"),
+                          strict=True):
+        log_file = pipeline.log_path_for(fleet.regions[name], "a")
+        assert line == (f"  step a failed on region {name}: {name} broke; "
+                        f"log file: {log_file}")
