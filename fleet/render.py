@@ -97,8 +97,8 @@ def check_private_key(region: Region) -> None:
     except FileNotFoundError:
         raise RenderError(
             f"[regions.{region.name}] private_key {region.private_key} not found "
-            f"({path}); create it or point private_key at your key, or Vagrant "
-            f"would wait for SSH until it times out"
+            f"({path}); create it (mode 0600) or set private_key to your key. "
+            f"Without it Vagrant waits for SSH until it times out"
         ) from None
     if not path.is_file():
         raise RenderError(f"[regions.{region.name}] private_key {path} is not a file")

@@ -194,3 +194,12 @@ def test_render_all_names_every_failed_region(env):
     assert positions == sorted(positions)
     assert "5 regions failed:" in message
     assert "region local:" not in message
+
+
+def test_missing_key_message_gives_one_fix(env):
+    (Path(env["HOME"]) / ".ssh" / "vatrates.pem").unlink()
+    result = invoke(["render", "--region", "eu-west-1"], env)
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert "create it (mode 0600) or set private_key to your key." in message
+    assert "Without it Vagrant waits for SSH until it times out" in message
