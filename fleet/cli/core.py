@@ -98,7 +98,9 @@ def ami(c, region="local", config=None, refresh=False, import_file=None,
             table.add_row(item.name, image.id, image.serial or "-", image.source,
                           image.date or "-")
 
-    console.print(table)
+    # Without a single row the table would only push the error off screen.
+    if table.row_count:
+        console.print(table)
     if failed:
         raise Exit("\n".join(failed), code=1)
 

@@ -95,7 +95,12 @@ def test_ami_without_any_source(env, tmp_path):
     env["FLEET_IMAGE_CACHE"] = str(tmp_path / "empty")
     result = invoke(["ami", "--region", "eu-west-1"], env)
     assert result.returncode == 1
-    assert "invoke ami --refresh" in result.stderr
+    assert result.stdout == ""
+    message = " ".join(result.stderr.split())
+    assert "invoke ami --refresh" in message
+    assert "invoke ami --import-file FILE" in message
+    assert "AWS credentials" in message
+    assert 'ami = "ami-..." in [regions.eu-west-1]' in message
 
 
 def test_ami_import_file(env, tmp_path):
