@@ -143,21 +143,26 @@ def lab():
                 timeout=4800))
     multilab.down()
     spec = multilab.up(fleet)
-    # Provision and deploy the regions again, so that their database URLs
-    # point at the delayed links that multilab-up wrote.
-    for task in ("provision", "deploy"):
-        must(invoke(task, "--config", str(CONFIG), "--region", "lab-west,lab-east",
-                    timeout=900))
-    yield fleet, spec
-    multilab.down()
-    if os.environ.get("VATFLEET_KEEP_LAB") == "1":
-        # Leave the stopped box running again even when the test failed midway.
-        subprocess.run(["docker", "start", multilab.container_id(
-            fleet, fleet.regions[STOPPED])], capture_output=True, timeout=120,
-            check=False)
-        return
-    must(invoke("destroy", "--config", str(CONFIG), "--region", "all", "--yes",
-                timeout=600))
+    try:
+        # Provision and deploy the regions again, so that their database URLs
+        # point at the delayed links that multilab-up wrote. One region at a
+        # time: both read the primary's settings through Vagrant, which
+        # rejects a second command on a machine while one is running.
+        for region in ("lab-west", "lab-east"):
+            for task in ("provision", "deploy"):
+                must(invoke(task, "--config", str(CONFIG), "--region", region,
+                            timeout=900))
+        yield fleet, spec
+    finally:
+        multilab.down()
+        if os.environ.get("VATFLEET_KEEP_LAB") == "1":
+            # Leave the stopped box running again, even after a failure midway.
+            subprocess.run(["docker", "start", multilab.container_id(
+                fleet, fleet.regions[STOPPED])], capture_output=True, timeout=120,
+                check=False)
+        else:
+            must(invoke("destroy", "--config", str(CONFIG), "--region", "all",
+                        "--yes", timeout=600))
 
 
 def test_failover_and_return(lab):
