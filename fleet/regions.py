@@ -30,8 +30,8 @@ CLOUD_PROVIDERS = ("aws", "scaleway")
 UBUNTU_RELEASES = {"20.04": "focal", "22.04": "jammy", "24.04": "noble"}
 
 # Provisioning steps a region may list in `roles`, in the order provision/
-# runs them. A role is also accepted when provision/<role>.sh exists, so a new
-# step needs no change here.
+# runs them. A role is also accepted when provision/<role>.sh is a step script
+# (see provision_steps), so a new step needs no change here.
 KNOWN_ROLES = ("base", "nginx", "dokku", "couchdb", "cleanup", "reboot")
 
 # Scaleway Instance zones (Scaleway documentation, "Availability Zones").
@@ -239,6 +239,20 @@ def instance_arch(provider: str, size: str) -> str:
     return "amd64"
 
 
+def provision_steps(directory: Path | None = None) -> list[str]:
+    """Return the step names in provision/: scripts that start with a shebang.
+
+    A file sourced by the steps, such as lib.sh, has no shebang and is no role.
+    """
+    directory = directory or REPO_ROOT / "provision"
+    steps = []
+    for path in sorted(directory.glob("*.sh")):
+        with path.open("rb") as handle:
+            if handle.read(2) == b"#!":
+                steps.append(path.stem)
+    return steps
+
+
 def load(path: Path | str | None = None) -> Fleet:
     """Read and validate a regions file; raise ConfigError listing every problem."""
     path = Path(path) if path else default_config_path()
@@ -325,6 +339,11 @@ class _Checker:
         defaults = {key: defaults[key] for key in valid_defaults}
         if "provider" in defaults:
             self.fail("[defaults]", "key 'provider' must be set per region, not here")
+        # Checked once here, so a bad role is not reported again for each region
+        # that inherits it. Regions that set their own roles are checked apart.
+        if "roles" in defaults and not self._check_roles("[defaults]",
+                                                         defaults["roles"]):
+            del defaults["roles"]
 
         tables = self._table(data.get("regions"), "[regions]")
         if not tables:
@@ -423,10 +442,12 @@ class _Checker:
             hint = ""
             if spec.type is str and isinstance(value, (int, float)):
                 hint = f'; quote it: {key} = "{value}"'
+            elif spec.type is int and isinstance(value, str) and value.isdigit():
+                hint = f"; write {key} = {value} (no quotes)"
             self.fail(
                 where,
                 f"key {key!r} must be {_article(_TOML_NAMES.get(expected, expected))}, "
-                f"got {_type_name(value)} {value!r}{hint}",
+                f"got the {_type_name(value)} {value!r}{hint}",
             )
             return False
         if spec.type is list and not all(isinstance(i, str) for i in value):
@@ -470,7 +491,8 @@ class _Checker:
         valid = self._check_keys(table, where, provider)
         merged.update({key: table[key] for key in valid})
 
-        self._check_values(name, where, provider, merged)
+        self._check_values(name, where, provider, merged, set(table),
+                           set(table) - valid)
         if len(self.errors) > errors_before:
             return None
 
@@ -485,7 +507,13 @@ class _Checker:
             )
 
     def _check_values(self, name: str, where: str, provider: str,
-                      values: dict[str, Any]) -> None:
+                      values: dict[str, Any], own_keys: set[str],
+                      rejected: set[str]) -> None:
+        """Check one region's merged values.
+
+        `own_keys` are the keys the region's table sets. `rejected` are those of
+        them that failed their type check, which was reported already.
+        """
         if provider == "aws":
             self._check_aws_region(where, "region name", name)
         if provider in ("aws", "scaleway", "virtualbox"):
@@ -501,9 +529,11 @@ class _Checker:
             self.fail(where, "missing key 'latency_region'; set the AWS region "
                       "nearest to this zone, for latency-based DNS")
 
-        self._check_required(where, provider, values)
+        self._check_required(where, provider, values, rejected)
         self._check_disk(where, values)
-        self._check_roles(where, values["roles"])
+        # Roles inherited from [defaults] were checked there, once for all.
+        if "roles" in own_keys:
+            self._check_roles(where, values["roles"])
         self._check_hostname(where, values.get("hostname", ""))
         self._check_versions(where, values)
         self._check_provider_values(where, provider, values)
@@ -542,8 +572,8 @@ class _Checker:
         pattern = _AWS_SIZE_PATTERN if provider == "aws" else _SCALEWAY_SIZE_PATTERN
         if not pattern.fullmatch(size):
             example = "t3.small" if provider == "aws" else "DEV1-S"
-            self.fail(where, f"key 'size' {size!r} is not a {provider} instance "
-                      f"type; use a name such as {example!r}")
+            self.fail(where, f"key 'size' {size!r} is not {_article(provider)} "
+                      f"instance type; use a name such as {example!r}")
             return
 
         size_arch = instance_arch(provider, size)
@@ -563,8 +593,9 @@ class _Checker:
         key = "key 'zone'" if zone != name else "region name (the Scaleway zone)"
         self.fail(where, f"{key} {zone!r} is not a Scaleway zone; {hint}")
 
-    def _check_required(self, where: str, provider: str,
-                        values: dict[str, Any]) -> None:
+    def _check_required(self, where: str, provider: str, values: dict[str, Any],
+                        rejected: set[str]) -> None:
+        """Report missing required keys, except those rejected for their type."""
         required = {
             "aws": ("key_pair", "private_key", "hostname"),
             "scaleway": ("private_key", "hostname"),
@@ -572,7 +603,7 @@ class _Checker:
             "docker": ("ssh_port", "http_port", "https_port", "hostname"),
         }[provider]
         for key in required:
-            if not values.get(key):
+            if not values.get(key) and key not in rejected:
                 self.fail(where, f"missing key {key!r}, needed by {provider} regions")
 
     def _check_disk(self, where: str, values: dict[str, Any]) -> None:
@@ -592,19 +623,25 @@ class _Checker:
             self.fail(where, f"key 'disk_alert_percent' {percent} is out of range; "
                       f"use 1 to 99")
 
-    def _check_roles(self, where: str, roles: list[str]) -> None:
-        known = set(KNOWN_ROLES)
-        known.update(p.stem for p in (REPO_ROOT / "provision").glob("*.sh"))
+    def _check_roles(self, where: str, roles: list[str]) -> bool:
+        """Report unknown and repeated roles; return True if there are none."""
+        known = sorted(set(KNOWN_ROLES) | set(provision_steps()))
+        ok = True
         for role in roles:
             if role not in known:
+                close = difflib.get_close_matches(role, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
                 self.fail(
                     where,
-                    f"key 'roles' has unknown role {role!r}; valid roles: "
-                    f"{', '.join(sorted(known))}",
+                    f"key 'roles' has unknown role {role!r}; {hint}valid roles: "
+                    f"{', '.join(known)}",
                 )
+                ok = False
         duplicates = sorted({r for r in roles if roles.count(r) > 1})
         if duplicates:
             self.fail(where, f"key 'roles' lists {', '.join(duplicates)} twice")
+            ok = False
+        return ok
 
     def _check_hostname(self, where: str, hostname: str) -> None:
         if not hostname:
@@ -687,7 +724,8 @@ class _Checker:
                 f"one of {', '.join(names)}",
             )
 
-        seen: dict[tuple[str, Any], str] = {}
+        # Each slot maps to the region and key that took it first.
+        seen: dict[tuple[str, Any], tuple[str, str]] = {}
         for region in regions.values():
             for key in ("hostname", "ssh_port", "http_port", "https_port"):
                 value = getattr(region, key)
@@ -698,13 +736,14 @@ class _Checker:
                 else:
                     slot = (key, value)
                 if slot in seen:
+                    owner, owner_key = seen[slot]
                     self.fail(
                         f"[regions.{region.name}]",
-                        f"key {key!r} {value!r} is already used by region "
-                        f"{seen[slot]!r}; every region needs its own",
+                        f"key {key!r} {value!r} is already used by {owner_key} in "
+                        f"region {owner!r}; every port and hostname must be unique",
                     )
                 else:
-                    seen[slot] = region.name
+                    seen[slot] = (region.name, key)
 
     def _make_region(self, name: str, provider: str, values: dict[str, Any],
                      project: Project | None) -> Region:

@@ -137,9 +137,10 @@ def test_key_of_other_provider(tmp_path):
 
 
 @pytest.mark.parametrize(("line", "expected"), [
-    ('disk_gb = "20"', "key 'disk_gb' must be an integer, got string '20'"),
-    ("disk_gb = true", "key 'disk_gb' must be an integer, got boolean True"),
-    ("size = 3", "key 'size' must be a string, got integer 3"),
+    ('disk_gb = "20"', ("key 'disk_gb' must be an integer, got the string '20'; "
+                        "write disk_gb = 20 (no quotes)")),
+    ("disk_gb = true", "key 'disk_gb' must be an integer, got the boolean True"),
+    ("size = 3", "key 'size' must be a string, got the integer 3"),
     ('roles = "base"', "key 'roles' must be a list"),
     ("roles = [1]", "key 'roles' must be a list of strings"),
 ])
@@ -152,7 +153,7 @@ def test_wrong_types(tmp_path, line, expected):
 
 def test_float_release_hints_quotes(tmp_path):
     message = load_error(tmp_path, "", head=HEAD + "ubuntu = 24.04\n")
-    assert "key 'ubuntu' must be a string, got float 24.04" in message
+    assert "key 'ubuntu' must be a string, got the float 24.04" in message
     assert 'quote it: ubuntu = "24.04"' in message
 
 
@@ -176,7 +177,7 @@ def test_duplicate_hostname(tmp_path):
         private_key = "~/.ssh/vatrates.pem"
     """)
     assert "[regions.us-east-1]" in message
-    assert "already used by region 'eu-west-1'" in message
+    assert "already used by hostname in region 'eu-west-1'" in message
 
 
 def test_duplicate_port(tmp_path):
@@ -196,7 +197,35 @@ def test_duplicate_port(tmp_path):
         https_port = 8444
     """)
     assert "[regions.b]" in message
-    assert "'http_port' 8080 is already used by region 'a'" in message
+    assert "'http_port' 8080 is already used by http_port in region 'a'" in message
+
+
+def test_port_reused_within_region(tmp_path):
+    message = load_error(tmp_path, """
+        [regions.local]
+        provider = "docker"
+        hostname = "local.vatrates.test"
+        ssh_port = 2222
+        http_port = 8443
+        https_port = 8443
+    """)
+    assert ("[regions.local]: key 'https_port' 8443 is already used by http_port "
+            "in region 'local'") in message
+
+
+def test_quoted_port_not_also_missing(tmp_path):
+    message = load_error(tmp_path, """
+        [regions.local]
+        provider = "docker"
+        hostname = "local.vatrates.test"
+        ssh_port = "2222"
+        http_port = 8080
+        https_port = 8443
+    """)
+    assert ("key 'ssh_port' must be an integer, got the string '2222'; write "
+            "ssh_port = 2222 (no quotes)") in message
+    assert "missing key 'ssh_port'" not in message
+    assert "1 problem in" in message
 
 
 def test_availability_zone_as_region(tmp_path):
@@ -288,7 +317,7 @@ def test_aws_instance_arch(size, arch):
 
 def test_bad_instance_type(tmp_path):
     message = load_error(tmp_path, "", head=HEAD.replace('"t3.small"', '"t3small"'))
-    assert "key 'size' 't3small' is not a aws instance type" in message
+    assert "key 'size' 't3small' is not an aws instance type" in message
 
 
 def test_small_disk_warns(tmp_path):
@@ -304,8 +333,36 @@ def test_tiny_disk_rejected(tmp_path):
 
 def test_unknown_role(tmp_path):
     message = load_error(tmp_path, "", head=HEAD + 'roles = ["base", "ngnix"]\n')
-    assert "unknown role 'ngnix'" in message
-    assert "nginx" in message
+    assert "unknown role 'ngnix'; did you mean 'nginx'?" in message
+
+
+def test_bad_default_role_reported_once(tmp_path):
+    head = HEAD.replace("[regions.eu-west-1]",
+                        '[defaults]\nroles = ["base", "ngnix"]\n\n[regions.eu-west-1]')
+    message = load_error(tmp_path, """
+        [regions.us-east-1]
+        provider = "aws"
+        size = "t3.small"
+        hostname = "us-east-1.api.vatrates.example"
+        key_pair = "vatrates"
+        private_key = "~/.ssh/vatrates.pem"
+    """, head=head)
+    assert message.count("unknown role 'ngnix'") == 1
+    assert "[defaults]: key 'roles' has unknown role 'ngnix'; did you mean" in message
+
+
+def test_shared_library_is_no_role(tmp_path):
+    assert "lib" not in regions.provision_steps()
+    assert "base" in regions.provision_steps()
+    message = load_error(tmp_path, "", head=HEAD + 'roles = ["base", "lib"]\n')
+    assert "unknown role 'lib'" in message
+    assert ", lib," not in message
+
+
+def test_provision_steps_need_shebang(tmp_path):
+    (tmp_path / "step.sh").write_text("#!/usr/bin/env bash\n")
+    (tmp_path / "helpers.sh").write_text("# shellcheck shell=bash\n")
+    assert regions.provision_steps(tmp_path) == ["step"]
 
 
 def test_primary_unknown_region(tmp_path):
