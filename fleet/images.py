@@ -417,7 +417,7 @@ def check_pinned(region: Region, session: Any = None) -> None:
         raise ImageError(
             f"pinned ami {region.ami} in [regions.{region.name}] is "
             f"{found[0].get('Architecture')}, but instance type {region.size} "
-            f"needs {expected}; pin a {region.arch} image or change `size`"
+            f"needs {expected}; pin an {region.arch} image or change `size`"
         )
 
 

@@ -344,6 +344,7 @@ def test_pinned_ami_architecture_checked(aws):
     with pytest.raises(ImageError) as caught:
         images.resolve_ami(region, session=aws)
     assert "instance type t4g.small needs arm64" in str(caught.value)
+    assert "pin an arm64 image or change `size`" in str(caught.value)
 
 
 def test_pinned_ami_matching_arch(aws):
