@@ -74,6 +74,9 @@ class SyncService:
         self.stats = Stats()
         self.ready = False
         self.failed = False
+        # Tasks ("pull", "push") whose last attempt the server rejected with
+        # 401 or 403; `failed` is True while any is.
+        self._auth_failed: set[str] = set()
         # The newest unresolved error of each task, "pull" and "push".
         self._errors: dict[str, str | None] = {"pull": None, "push": None}
         self._ready_event = asyncio.Event()
@@ -126,7 +129,8 @@ class SyncService:
     async def wait_ready(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the first full pull.
 
-        Returns False on timeout, or as soon as replication failed for good.
+        Returns False on timeout, or as soon as the server rejects the
+        credentials (`failed`).
         """
         deadline = time.monotonic() + timeout
         while not self.ready and not self.failed:
@@ -189,12 +193,22 @@ class SyncService:
             except asyncio.CancelledError:
                 raise
             except AuthError as error:
+                # Wrong credentials need an operator, so `failed` tells readiness
+                # checks at once. The task still retries slowly, because a
+                # restarting server can reject valid credentials for a moment.
                 self._errors[name] = str(error)
+                self._auth_failed.add(name)
                 self.failed = True
                 log.error(
-                    "event=sync_%s_failed error=%r fatal=true", name, redact(str(error))
+                    "event=sync_%s_failed error=%r retry_in=%.0f",
+                    name,
+                    redact(str(error)),
+                    self.backoff_max,
                 )
-                return
+                try:
+                    await asyncio.wait_for(self._stop.wait(), self.backoff_max)
+                except TimeoutError:
+                    pass
             except Exception as error:  # every error is retried
                 self._errors[name] = redact(f"{type(error).__name__}: {error}")
                 progressed = self.stats.docs_written + self.stats.docs_pushed > started
@@ -214,6 +228,14 @@ class SyncService:
                 except TimeoutError:
                     pass
 
+    def _authenticated(self, name: str) -> None:
+        """Clear `failed` once the server accepted the task's credentials again."""
+        if name in self._auth_failed:
+            self._auth_failed.discard(name)
+            self.failed = bool(self._auth_failed)
+            self._errors[name] = None
+            log.info("event=sync_%s_auth_recovered", name)
+
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
@@ -231,6 +253,7 @@ class SyncService:
             use_bulk_get=self.use_bulk_get,
         )
         await replication.prepare()
+        self._authenticated("pull")
         if not self.ready:
             started = time.monotonic()
             await replication.pull_until_caught_up()
@@ -260,6 +283,7 @@ class SyncService:
             self._remote, self.store, self.stats, create_target=self.create_target
         )
         await replication.prepare()
+        self._authenticated("push")
         while not self._stop.is_set():
             self._push_wakeup.clear()
             edits = self._edits

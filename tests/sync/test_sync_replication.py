@@ -717,3 +717,51 @@ def test_garbage_from_primary_is_retried(pouch_server, db_name, marker, body, ex
     assert ready, progress
     assert progress["failed"] is False
     assert len(store_view(store)) == 20
+
+
+class RejectingTransport(httpx.AsyncBaseTransport):
+    """Forwards to the real server but answers the first `count` requests
+    with 401, as a server does while its admin settings are still loading."""
+
+    def __init__(self, count: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.remaining = count
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.remaining > 0:
+            self.remaining -= 1
+            body = b'{"error":"unauthorized","reason":"Name or password is incorrect."}'
+            return httpx.Response(401, content=body, request=request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_brief_auth_rejection_recovers(pouch_server, db_name, caplog):
+    caplog.set_level(logging.INFO)
+    pouch_server.bulk_docs(db_name, user_docs(10))
+    store = open_store("memory")
+
+    async def scenario():
+        service = SyncService(
+            store, pouch_server.url(db_name), backoff_base=0.05, backoff_max=0.5,
+            heartbeat_ms=500, transport=RejectingTransport(count=2),
+        )
+        await service.start()
+        await async_wait_for(lambda: service.failed, 10, "401 not reported")
+        during = service.progress()
+        await async_wait_for(lambda: service.ready, 20, "never recovered")
+        await async_wait_for(lambda: not service.failed, 10, "failed never cleared")
+        after = service.progress()
+        await service.stop()
+        return during, after
+
+    during, after = run(scenario(), timeout=60)
+    assert "401" in during["last_error"]
+    assert during["failed"] is True
+    assert after["ready"] is True
+    assert after["failed"] is False
+    assert after["last_error"] is None
+    assert len(store_view(store)) == 10
+    assert "event=sync_pull_auth_recovered" in caplog.text
