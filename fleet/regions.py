@@ -203,13 +203,30 @@ class Fleet:
             )
         unknown = list(dict.fromkeys(n for n in names if n not in self.regions))
         if unknown:
-            close = difflib.get_close_matches(unknown[0].lower(), self.regions, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            noun = "region" if len(unknown) == 1 else "regions"
+            listed = ", ".join(map(repr, map(_clip, unknown)))
+            hints = [self._hint(name, several=len(unknown) > 1) for name in unknown]
+            hint = "".join(f"{h}; " for h in hints if h)
             raise ConfigError(
-                f"{self.path}: unknown region {', '.join(map(repr, map(_clip, unknown)))}"
-                f"; {hint}valid regions: {', '.join(self.regions)}, or 'all'"
+                f"{self.path}: unknown {noun} {listed}; {hint}valid regions: "
+                f"{', '.join(self.regions)}, or 'all'"
             )
         return [self.regions[name] for name in dict.fromkeys(names)]
+
+    def _hint(self, name: str, several: bool) -> str:
+        """Return a hint for an unknown region name, or "" when none is close."""
+        zone = _AZ_PATTERN.fullmatch(name)
+        if zone and zone.group(1) in self.regions:
+            return (f"{_clip(name)!r} is an availability zone, not a region; use "
+                    f"{zone.group(1)!r}")
+        if zone and zone.group(1) in aws_regions():
+            return (f"{_clip(name)!r} is an availability zone, not a region, and "
+                    f"this file has no region {zone.group(1)!r}")
+        close = difflib.get_close_matches(name.lower(), self.regions, n=1)
+        if not close:
+            return ""
+        return f"did you mean {close[0]!r}" + (f" for {_clip(name)!r}?" if several
+                                                else "?")
 
 
 def default_config_path() -> Path:

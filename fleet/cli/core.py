@@ -15,7 +15,9 @@ from fleet.errors import FleetError
 console = Console()
 errors = Console(stderr=True)
 
-REGION_HELP = "region name, a comma list such as eu-west-1,local, or all"
+REGION_HELP = ("region to act on (default: local); a comma list such as "
+               "eu-west-1,local acts on each region named, and all on every "
+               "region in the regions file")
 CONFIG_HELP = "regions file (default: $FLEET_CONFIG, else regions.toml)"
 COMMON_HELP = {"region": REGION_HELP, "config": CONFIG_HELP}
 

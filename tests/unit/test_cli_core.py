@@ -208,3 +208,20 @@ def test_missing_key_message_gives_one_fix(env):
     message = " ".join(result.stderr.split())
     assert "create it (mode 0600) or set private_key to your key." in message
     assert "Without it Vagrant waits for SSH until it times out" in message
+
+
+@pytest.mark.parametrize("task", ["ami", "render", "up", "provision", "deploy",
+                                  "test", "build", "status", "destroy"])
+def test_region_help_names_default_and_lists(env, task):
+    result = invoke([task, "--help"], env)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "(default: local)" in text
+    assert "a comma list such as eu-west-1,local acts on each region named" in text
+    assert "all on every region in the regions file" in text
+
+
+def test_unknown_region_suggests_close_name(env):
+    result = invoke(["status", "--region", "eu-west1"], env)
+    assert result.returncode == 2
+    assert "did you mean 'eu-west-1'?" in result.stderr

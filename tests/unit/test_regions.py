@@ -504,3 +504,44 @@ def test_select_clips_long_name():
         fleet.select("a" * 3000)
     assert len(str(caught.value)) < 600
     assert "(3000 characters)" in str(caught.value)
+
+
+def test_select_suggests_missing_dash():
+    fleet = regions.load(REPO / "regions.toml")
+    with pytest.raises(ConfigError) as caught:
+        fleet.select("eu-west1")
+    assert "unknown region 'eu-west1'; did you mean 'eu-west-1'?" in str(caught.value)
+
+
+def test_select_several_unknown_names():
+    fleet = regions.load(REPO / "regions.toml")
+    with pytest.raises(ConfigError) as caught:
+        fleet.select("eu-west1,us-east1,mars-1")
+    message = str(caught.value)
+    assert "unknown regions 'eu-west1', 'us-east1', 'mars-1';" in message
+    assert "did you mean 'eu-west-1' for 'eu-west1'?" in message
+    assert "did you mean 'us-east-1' for 'us-east1'?" in message
+
+
+def test_select_availability_zone_hint(tmp_path):
+    path = write(tmp_path, """
+        [regions.us-west-2]
+        provider = "aws"
+        size = "t3.small"
+        hostname = "us-west-2.api.vatrates.example"
+        key_pair = "vatrates"
+        private_key = "~/.ssh/vatrates.pem"
+    """)
+    fleet = regions.load(path)
+    with pytest.raises(ConfigError) as caught:
+        fleet.select("us-west-2b")
+    assert ("'us-west-2b' is an availability zone, not a region; use 'us-west-2'"
+            in str(caught.value))
+
+
+def test_select_zone_of_region_not_in_file():
+    fleet = regions.load(REPO / "regions.toml")
+    with pytest.raises(ConfigError) as caught:
+        fleet.select("us-west-2b")
+    assert ("'us-west-2b' is an availability zone, not a region, and this file "
+            "has no region 'us-west-2'") in str(caught.value)
