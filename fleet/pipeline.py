@@ -343,17 +343,23 @@ def failure_summary(report: RunReport) -> str:
                       *(f"  {line}" for line in lines)])
 
 
-def summary_table(report: RunReport, title: str = "") -> Table:
-    """Build the final table: region, step, result, seconds."""
+def summary_table(report: RunReport, title: str = "", show_step: bool = True
+                  ) -> Table:
+    """Build the final table: region, step, result, seconds.
+
+    Without `show_step` the step column is left out, for tasks whose only
+    step has the task's own name.
+    """
     table = Table(title=title or None)
     table.add_column("region")
-    table.add_column("step")
+    if show_step:
+        table.add_column("step")
     table.add_column("result")
     table.add_column("seconds", justify="right")
     for row in report.results:
         style = None if row.ok else "bold red"
         # Text cells: messages contain "[regions.x]", which rich would read
         # as markup.
-        table.add_row(Text(row.region), Text(row.step), Text(row.result),
-                      f"{row.seconds:.1f}", style=style)
+        cells = [Text(row.region), Text(row.step)] if show_step else [Text(row.region)]
+        table.add_row(*cells, Text(row.result), f"{row.seconds:.1f}", style=style)
     return table

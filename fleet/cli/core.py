@@ -42,7 +42,8 @@ def _select(fleet, region: str):
 
 
 def _run(config: str | None, region: str, steps, *, keep: bool = False,
-         title: str = "", clean_up: bool = False, fail_fast: bool = False):
+         title: str = "", clean_up: bool = False, fail_fast: bool = False,
+         show_step: bool = True):
     """Run steps over the selected regions, print the table, exit on failure."""
     from fleet import pipeline
     from fleet.steps import destroy_unless_kept
@@ -53,7 +54,7 @@ def _run(config: str | None, region: str, steps, *, keep: bool = False,
         fleet, selected, steps, keep=keep,
         on_failure=destroy_unless_kept if clean_up else None, fail_fast=fail_fast,
     )
-    console.print(pipeline.summary_table(report, title))
+    console.print(pipeline.summary_table(report, title, show_step=show_step))
 
     if report.failures:
         raise Exit(pipeline.failure_summary(report), code=1)
@@ -185,7 +186,7 @@ def status(c, region="local", config=None):
     """Print Vagrant's state of each region's box."""
     from fleet import steps
 
-    _run(config, region, [("status", steps.status)], title="status")
+    _run(config, region, [("status", steps.status)], title="status", show_step=False)
 
 
 @task(help={**COMMON_HELP, "yes": "do not ask for confirmation"})
@@ -203,4 +204,5 @@ def destroy(c, region="local", config=None, yes=False):
         answer = input(f"Destroy {', '.join(cloud)}? Type yes: ")
         if answer.strip() != "yes":
             raise Exit("not confirmed; nothing destroyed", code=1)
-    _run(config, region, [("destroy", steps.destroy)], title="destroy")
+    _run(config, region, [("destroy", steps.destroy)], title="destroy",
+         show_step=False)

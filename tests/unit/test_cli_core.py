@@ -225,3 +225,21 @@ def test_unknown_region_suggests_close_name(env):
     result = invoke(["status", "--region", "eu-west1"], env)
     assert result.returncode == 2
     assert "did you mean 'eu-west-1'?" in result.stderr
+
+
+@pytest.mark.parametrize(("task", "note"), [("status", "not_rendered"),
+                                            ("destroy", "nothing to destroy")])
+def test_status_and_destroy_tables_drop_step(env, task, note):
+    result = invoke([task, "--region", "local"], env)
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if "region" in line)
+    assert "result" in header
+    assert "step" not in header
+    assert note in result.stdout
+
+
+def test_build_table_keeps_step(env):
+    (Path(env["HOME"]) / ".ssh" / "vatrates.pem").unlink()
+    result = invoke(["build", "--region", "eu-west-1"], env)
+    header = next(line for line in result.stdout.splitlines() if "region" in line)
+    assert "step" in header

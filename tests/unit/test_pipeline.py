@@ -273,3 +273,11 @@ def test_failures_listed_in_selection_order(fleet):
         log_file = pipeline.log_path_for(fleet.regions[name], "a")
         assert line == (f"  step a failed on region {name}: {name} broke; "
                         f"log file: {log_file}")
+
+
+def test_summary_table_without_step_column(fleet):
+    report = pipeline.run_steps(fleet, fleet.select("local"),
+                                [("status", lambda ctx: "running")], console=quiet())
+    table = pipeline.summary_table(report, "status", show_step=False)
+    assert [c.header for c in table.columns] == ["region", "result", "seconds"]
+    assert [str(cell) for cell in table.columns[1].cells] == ["running"]
