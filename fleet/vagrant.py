@@ -122,7 +122,9 @@ def error_reason(stdout: str, stderr: str) -> str:
     else:
         plain = "\n".join(line for line in stderr.splitlines()
                           if not parse_machine_readable(line))
-        text = plain.strip() or stdout.strip()
+        # Vagrant prints its error block on stderr. Without one, stdout's
+        # progress lines end where the run stopped.
+        text = plain.strip() or (stdout.strip().splitlines() or [""])[-1]
     paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
     first = " ".join(paragraphs[0].split()) if paragraphs else ""
     return first[:REASON_LIMIT]

@@ -231,3 +231,8 @@ def test_port_collision_without_docker_holder(machine):
 def test_destroy_of_box_never_created(machine, fake_vagrant):
     assert machine.destroy() == "not created"
     assert "destroy" not in fake_vagrant.read_text()
+
+
+def test_error_reason_without_stderr_uses_last_line():
+    stdout = "==> local: Creating the container...\n==> local: Stopped: no disk\n"
+    assert vagrant.error_reason(stdout, "") == "==> local: Stopped: no disk"
