@@ -206,27 +206,31 @@ class Fleet:
             noun = "region" if len(unknown) == 1 else "regions"
             listed = ", ".join(map(repr, map(_clip, unknown)))
             hints = [self._hint(name, several=len(unknown) > 1) for name in unknown]
-            hint = "".join(f"{h}; " for h in hints if h)
+            hint = " ".join(h for h in hints if h)
+            # "; did you mean" continues the sentence, other hints start their own.
+            separator = "; " if hint[:1].islower() else ". "
+            valid = f"{separator}{hint} Valid regions:" if hint else "; valid regions:"
             raise ConfigError(
-                f"{self.path}: unknown {noun} {listed}; {hint}valid regions: "
+                f"{self.path}: unknown {noun} {listed}{valid} "
                 f"{', '.join(self.regions)}, or 'all'"
             )
         return [self.regions[name] for name in dict.fromkeys(names)]
 
     def _hint(self, name: str, several: bool) -> str:
-        """Return a hint for an unknown region name, or "" when none is close."""
+        """Return a hint sentence for an unknown region name, or "" for none."""
         zone = _AZ_PATTERN.fullmatch(name)
         if zone and zone.group(1) in self.regions:
-            return (f"{_clip(name)!r} is an availability zone, not a region; use "
-                    f"{zone.group(1)!r}")
+            return (f"{_clip(name)!r} is an availability zone, not a region, so "
+                    f"use {zone.group(1)!r}.")
         if zone and zone.group(1) in aws_regions():
             return (f"{_clip(name)!r} is an availability zone, not a region, and "
-                    f"this file has no region {zone.group(1)!r}")
+                    f"this file has no region {zone.group(1)!r}.")
         close = difflib.get_close_matches(name.lower(), self.regions, n=1)
         if not close:
             return ""
-        return f"did you mean {close[0]!r}" + (f" for {_clip(name)!r}?" if several
-                                                else "?")
+        if several:
+            return f"For {_clip(name)!r}, did you mean {close[0]!r}?"
+        return f"did you mean {close[0]!r}?"
 
 
 def default_config_path() -> Path:

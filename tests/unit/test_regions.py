@@ -518,9 +518,11 @@ def test_select_several_unknown_names():
     with pytest.raises(ConfigError) as caught:
         fleet.select("eu-west1,us-east1,mars-1")
     message = str(caught.value)
-    assert "unknown regions 'eu-west1', 'us-east1', 'mars-1';" in message
-    assert "did you mean 'eu-west-1' for 'eu-west1'?" in message
-    assert "did you mean 'us-east-1' for 'us-east1'?" in message
+    assert "unknown regions 'eu-west1', 'us-east1', 'mars-1'. For 'eu-west1'," in (
+        message)
+    assert "For 'eu-west1', did you mean 'eu-west-1'?" in message
+    assert "For 'us-east1', did you mean 'us-east-1'?" in message
+    assert "'us-east-1'? Valid regions: eu-west-1," in message
 
 
 def test_select_availability_zone_hint(tmp_path):
@@ -535,13 +537,14 @@ def test_select_availability_zone_hint(tmp_path):
     fleet = regions.load(path)
     with pytest.raises(ConfigError) as caught:
         fleet.select("us-west-2b")
-    assert ("'us-west-2b' is an availability zone, not a region; use 'us-west-2'"
-            in str(caught.value))
+    assert ("'us-west-2b' is an availability zone, not a region, so use "
+            "'us-west-2'.") in str(caught.value)
 
 
 def test_select_zone_of_region_not_in_file():
     fleet = regions.load(REPO / "regions.toml")
     with pytest.raises(ConfigError) as caught:
         fleet.select("us-west-2b")
-    assert ("'us-west-2b' is an availability zone, not a region, and this file "
-            "has no region 'us-west-2'") in str(caught.value)
+    assert ("unknown region 'us-west-2b'. 'us-west-2b' is an availability zone, "
+            "not a region, and this file has no region 'us-west-2'. Valid regions:"
+            ) in str(caught.value)
