@@ -66,6 +66,7 @@ def wait_until(condition, seconds: float, pause: float = 1.0):
 def monitor_json(*extra: str) -> tuple[int, dict]:
     done = invoke("monitor", "--config", str(CONFIG), "--json", "--timeout", "8",
                   *extra, timeout=120)
+    assert done.stdout.strip(), f"monitor printed no JSON:\n{done.stderr}"
     return done.returncode, json.loads(done.stdout)
 
 
