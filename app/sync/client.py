@@ -51,8 +51,12 @@ class BadResponse(TransientError):
     """A 2xx response whose body is not the JSON the replication protocol defines.
 
     Retried like a network error: a proxy's error page or a cut-off body
-    usually goes away on the next attempt.
+    usually goes away on the next attempt. `too_deep` is True when the body
+    is JSON nested deeper than orjson parses (1024 levels), which no retry
+    fixes.
     """
+
+    too_deep = False
 
 
 class NotFound(CouchError):
@@ -175,11 +179,13 @@ class Database:
             with gc_paused(len(body) // 1_000):
                 result = orjson.loads(body)
         except orjson.JSONDecodeError as error:
-            raise BadResponse(
+            bad = BadResponse(
                 f"{method} {url} returned {response.status_code} with a body that "
                 f"is not JSON ({error}); it starts with {body[:60]!r}",
                 response.status_code,
-            ) from None
+            )
+            bad.too_deep = "depth limit" in str(error)
+            raise bad from None
         if expect is not None and not isinstance(result, expect):
             raise BadResponse(
                 f"{method} {url} returned JSON {_json_type(result)} where the "

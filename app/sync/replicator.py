@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.sync import checkpoint
-from app.sync.client import CouchError, Database, NotFound
+from app.sync.client import BadResponse, CouchError, Database, NotFound
 from app.sync.store import LOCAL_PREFIX, Store
 
 log = logging.getLogger("app.sync")
@@ -265,6 +265,10 @@ class PullReplication(Replication):
         if self.use_bulk_get:
             try:
                 return await self.remote.bulk_get(chunk)
+            except BadResponse as error:
+                if not error.too_deep:
+                    raise
+                return await self._fetch_around_too_deep(chunk, error)
             except NotFound:
                 self._drop_bulk_get("404")
             except CouchError as error:
@@ -278,6 +282,27 @@ class PullReplication(Replication):
         for doc_id, revs in by_doc.items():
             docs.extend(await self.remote.open_revs(doc_id, revs))
         return docs
+
+    async def _fetch_around_too_deep(
+        self, chunk: list[tuple[str, str]], error: BadResponse
+    ) -> list[dict[str, Any]]:
+        """Split a `_bulk_get` that failed on a too deeply nested document until
+        that revision is alone, and skip it, so one document cannot stall the
+        pull for good. The replica then lacks that revision."""
+        if len(chunk) == 1:
+            doc_id, rev = chunk[0]
+            log.error(
+                "event=sync_pull_doc_skipped doc_id=%r rev=%s error=%r",
+                doc_id,
+                rev,
+                str(error),
+            )
+            return []
+        middle = len(chunk) // 2
+        return [
+            *await self._fetch_chunk(chunk[:middle]),
+            *await self._fetch_chunk(chunk[middle:]),
+        ]
 
     def _drop_bulk_get(self, status: str) -> None:
         log.warning(
@@ -323,6 +348,9 @@ class PullReplication(Replication):
                 next_page.cancel()
 
     async def _fast_page(self, since: Any) -> dict[str, Any]:
+        # NOTE: a document nested deeper than 1024 levels in this page makes
+        # every retry fail with BadResponse.too_deep; only the _bulk_get path
+        # skips such a document so far.
         return await self.remote.changes(
             since, limit=self.fast_batch_size, include_docs=True
         )

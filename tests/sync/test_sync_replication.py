@@ -765,3 +765,34 @@ def test_brief_auth_rejection_recovers(pouch_server, db_name, caplog):
     assert after["last_error"] is None
     assert len(store_view(store)) == 10
     assert "event=sync_pull_auth_recovered" in caplog.text
+
+
+def test_too_deep_doc_skipped_not_stalling(pouch_server, db_name, caplog):
+    caplog.set_level(logging.INFO)
+    pouch_server.bulk_docs(db_name, user_docs(5))
+    store = open_store("memory")
+    depth = 1500
+    deep = (
+        '{"_id": "user:deep", "type": "user", "n": '
+        + '{"n": ' * depth + "1" + "}" * depth + "}"
+    )
+
+    async def scenario():
+        service = await pull_ready(store, pouch_server.url(db_name), backoff_max=0.5)
+        body = (
+            '{"docs": [' + deep + ', {"_id": "user:after", "type": "user"}]}'
+        ).encode()
+        async with httpx.AsyncClient(timeout=30) as client:
+            response = await client.post(
+                pouch_server.url(db_name) + "/_bulk_docs", content=body,
+                headers={"Content-Type": "application/json"},
+            )
+        assert response.status_code == 201, response.text
+        await async_wait_for(
+            lambda: store.get("user:after") is not None, 20, "pull stalled"
+        )
+        await service.stop()
+
+    run(scenario(), timeout=60)
+    assert store.get("user:deep") is None
+    assert "event=sync_pull_doc_skipped doc_id='user:deep'" in caplog.text
