@@ -170,7 +170,18 @@ class PullReplication(Replication):
     async def pull_until_caught_up(self) -> None:
         """Pull every change the remote has now; fast path for an empty store."""
         if self.store.doc_count == 0 and self.since == checkpoint.LOWEST_SEQ:
-            await self._fast_pull()
+            try:
+                await self._fast_pull()
+            except BadResponse as error:
+                if not error.too_deep:
+                    raise
+                # The normal path fetches documents in small batches and can
+                # skip the one it cannot parse.
+                log.warning(
+                    "event=sync_pull_fast_path_abandoned since=%s error=%r",
+                    self.since,
+                    str(error),
+                )
         while True:
             response = await self.remote.changes(self.since, limit=self.batch_size)
             await self._apply_changes(response)
@@ -348,9 +359,6 @@ class PullReplication(Replication):
                 next_page.cancel()
 
     async def _fast_page(self, since: Any) -> dict[str, Any]:
-        # NOTE: a document nested deeper than 1024 levels in this page makes
-        # every retry fail with BadResponse.too_deep; only the _bulk_get path
-        # skips such a document so far.
         return await self.remote.changes(
             since, limit=self.fast_batch_size, include_docs=True
         )

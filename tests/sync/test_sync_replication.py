@@ -796,3 +796,27 @@ def test_too_deep_doc_skipped_not_stalling(pouch_server, db_name, caplog):
     run(scenario(), timeout=60)
     assert store.get("user:deep") is None
     assert "event=sync_pull_doc_skipped doc_id='user:deep'" in caplog.text
+
+
+def test_too_deep_doc_first_pull_ready(pouch_server, db_name, caplog):
+    caplog.set_level(logging.INFO)
+    depth = 1500
+    deep = (
+        '{"_id": "user:deep", "type": "user", "n": '
+        + '{"n": ' * depth + "1" + "}" * depth + "}"
+    )
+    body = ('{"docs": [' + deep + ', {"_id": "user:after", "type": "user"}]}').encode()
+    response = httpx.post(
+        pouch_server.url(db_name) + "/_bulk_docs", content=body,
+        headers={"Content-Type": "application/json"}, timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    pouch_server.bulk_docs(db_name, user_docs(5))
+    store = open_store("memory")
+
+    progress = run(pull_once(store, pouch_server.url(db_name), backoff_max=0.5))
+    assert progress["ready"] is True
+    assert store.get("user:after") is not None
+    assert store.get("user:deep") is None
+    assert len(store_view(store)) == 6
+    assert "event=sync_pull_fast_path_abandoned" in caplog.text
