@@ -8,6 +8,7 @@ holds the credentials: they travel only as an httpx auth object.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,9 @@ _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
 # Longest request URL the fallback to `open_revs` builds, in bytes. CouchDB
 # rejects longer request lines with 414, and proxies often stop near 8 KiB.
 MAX_URL_BYTES = 4_000
+# A request other than a longpoll may take this many times the read timeout
+# in total, enough for a first-pull page over a slow link.
+TOTAL_TIMEOUT_FACTOR = 10
 
 
 def redact(text: str) -> str:
@@ -143,12 +147,16 @@ class Database:
         is returned as None when `expect` is None).
         """
         url = f"{self.url}/{path}" if path else self.url
+        # httpx's read timeout applies to each read, so a server that sends a
+        # byte now and then holds a request open without end. A longpoll
+        # (`timeout` given) is bounded by its heartbeats instead.
+        deadline = None if timeout is not None else self.timeout * TOTAL_TIMEOUT_FACTOR
         content = orjson.dumps(json) if json is not None else None
         headers = dict(headers or {})
         if content:
             headers["Content-Type"] = "application/json"
         try:
-            async with self._client.stream(
+            async with asyncio.timeout(deadline), self._client.stream(
                 method,
                 url,
                 params=params,
@@ -165,6 +173,11 @@ class Database:
             raise TransientError(
                 f"{method} {url} timed out ({type(error).__name__})"
             ) from error
+        except TimeoutError:
+            raise TransientError(
+                f"{method} {url} timed out: the response took longer than "
+                f"{deadline:.0f} s in total"
+            ) from None
         except httpx.TransportError as error:
             raise TransientError(
                 f"{method} {url} failed: {type(error).__name__}: {error}"

@@ -16,7 +16,7 @@ import pytest
 from couch_peers import PouchServer, free_port, pouchdb_replicate, run, user_docs
 
 from app.sync import MemoryStore, SyncService, open_store
-from app.sync.client import MAX_URL_BYTES, Database, NotFound
+from app.sync.client import MAX_URL_BYTES, Database, NotFound, TransientError
 from app.sync.replicator import PushReplication, Stats
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(180)]
@@ -820,3 +820,37 @@ def test_too_deep_doc_first_pull_ready(pouch_server, db_name, caplog):
     assert store.get("user:deep") is None
     assert len(store_view(store)) == 6
     assert "event=sync_pull_fast_path_abandoned" in caplog.text
+
+
+class TricklingTransport(httpx.AsyncBaseTransport):
+    """Answers every request with a body that sends one space per 0.2 s."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        class Trickle(httpx.AsyncByteStream):
+            async def __aiter__(self):
+                for _ in range(200):
+                    yield b" "
+                    await asyncio.sleep(0.2)
+                yield b"{}"
+
+        return httpx.Response(200, stream=Trickle(), request=request)
+
+
+def test_trickling_server_times_out():
+    database = Database(
+        "http://127.0.0.1:9/users", timeout=0.5, transport=TricklingTransport()
+    )
+
+    async def scenario():
+        started = time.monotonic()
+        try:
+            with pytest.raises(TransientError) as caught:
+                await database.info()
+        finally:
+            await database.aclose()
+        return caught.value, time.monotonic() - started
+
+    error, seconds = run(scenario(), timeout=30)
+    assert "timed out" in str(error)
+    assert "in total" in str(error)
+    assert seconds < 10
