@@ -131,15 +131,16 @@ def read_endpoints(path: Path | None) -> dict[str, tuple[str, int]]:
 
 
 def _manifest_address(box_dir: Path) -> str | None:
-    # NOTE: the manifest's address key is not fixed between providers yet,
-    # so the usual names are tried in turn.
+    """Return the public address fleet.manifest recorded for a cloud box."""
     path = box_dir / "manifest.json"
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    for key in ("public_ip", "public_address", "address", "ip"):
-        if data.get(key):
-            return str(data[key])
+    if data.get("address"):
+        return str(data["address"])
+    for resource in data.get("resources", []):
+        if resource.get("kind") in ("instance", "server") and resource.get("address"):
+            return str(resource["address"])
     return None
 
 

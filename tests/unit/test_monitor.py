@@ -254,7 +254,11 @@ def test_target_for_docker_box_uses_forwarded_port(tmp_path):
 
 
 def test_target_for_cloud_box_uses_manifest(tmp_path):
-    (tmp_path / "manifest.json").write_text('{"public_ip": "203.0.113.7"}')
+    manifest = {"address": "", "resources": [
+        {"kind": "security_group", "id": "sg-1"},
+        {"kind": "instance", "id": "i-1", "address": "203.0.113.7"},
+    ]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     fleet = SimpleNamespace(project=SimpleNamespace(domain=SHARED))
     region = SimpleNamespace(
         name="eu-west-1", provider="aws", https_port=None, box_dir=tmp_path,
