@@ -97,6 +97,11 @@ def _range_kind(address: IPAddress) -> str:
     return "special-purpose"
 
 
+def _with_article(kind: str) -> str:
+    """Prefix a range kind with its indefinite article: 'an unspecified'."""
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
 def check_public(address: IPAddress, what: str = "ip") -> None:
     """Raise a 400 ApiError unless `address` is a globally routable address."""
     if address.is_global and not address.is_multicast:
@@ -104,8 +109,8 @@ def check_public(address: IPAddress, what: str = "ip") -> None:
     raise ApiError(
         400,
         "address_not_public",
-        f"{what} {address} is a {_range_kind(address)} address, which has no "
-        "country; send a public address",
+        f"{what} {address} is {_with_article(_range_kind(address))} address, "
+        "which has no country; send a public address",
         extra={"ip": str(address)},
     )
 

@@ -84,25 +84,25 @@ EU_MEMBERS = {
 }
 
 NOT_PUBLIC = [
-    ("10.0.0.1", "private"),
-    ("172.16.5.4", "private"),
-    ("192.168.1.1", "private"),
-    ("127.0.0.1", "loopback"),
-    ("0.0.0.0", "unspecified"),
-    ("169.254.1.1", "link-local"),
-    ("192.0.2.1", "documentation"),
-    ("198.51.100.7", "documentation"),
-    ("240.0.0.1", "reserved"),
-    ("224.0.0.1", "multicast"),
-    ("100.64.0.1", "shared (carrier-grade NAT)"),
-    ("::1", "loopback"),
-    ("::", "unspecified"),
-    ("fe80::1", "link-local"),
-    ("fc00::1", "private"),
-    ("2001:db8::1", "documentation"),
-    ("ff02::1", "multicast"),
-    ("::ffff:10.0.0.1", "private"),
-    ("198.18.0.1", "special-purpose"),
+    ("10.0.0.1", "a private"),
+    ("172.16.5.4", "a private"),
+    ("192.168.1.1", "a private"),
+    ("127.0.0.1", "a loopback"),
+    ("0.0.0.0", "an unspecified"),
+    ("169.254.1.1", "a link-local"),
+    ("192.0.2.1", "a documentation"),
+    ("198.51.100.7", "a documentation"),
+    ("240.0.0.1", "a reserved"),
+    ("224.0.0.1", "a multicast"),
+    ("100.64.0.1", "a shared (carrier-grade NAT)"),
+    ("::1", "a loopback"),
+    ("::", "an unspecified"),
+    ("fe80::1", "a link-local"),
+    ("fc00::1", "a private"),
+    ("2001:db8::1", "a documentation"),
+    ("ff02::1", "a multicast"),
+    ("::ffff:10.0.0.1", "a private"),
+    ("198.18.0.1", "a special-purpose"),
 ]
 
 INVALID = [
@@ -161,12 +161,13 @@ def test_rates_for_united_states_say_no_vat_data(make_client, add_user):
 
 @pytest.mark.parametrize(("address", "kind"), NOT_PUBLIC)
 def test_rates_reject_non_public_address(make_client, add_user, address, kind):
+    """The message names the range with its article: 'is an unspecified address'."""
     key, _ = add_user()
     response = make_client().get("/v1/rates", params={"ip": address, "key": key})
     assert response.status_code == 400
     body = response.json()
     assert body["error"] == "address_not_public"
-    assert f"a {kind} address" in body["message"]
+    assert f" is {kind} address," in body["message"]
 
 
 @pytest.mark.parametrize("address", INVALID)
