@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -178,6 +179,14 @@ def explain_failure(region: Region, stdout: str, stderr: str,
             f"it, or {change}")
 
 
+# Vagrant rejects a second command on a machine while one runs ("machine is
+# locked"), which happens when parallel steps of other regions read that
+# machine (the lab primary's settings, for example). Commands on one machine
+# from this process therefore run one at a time.
+_machine_locks: dict[tuple[Path, str], threading.Lock] = {}
+_machine_locks_guard = threading.Lock()
+
+
 class Machine:
     """The Vagrant machine of one region."""
 
@@ -262,7 +271,16 @@ class Machine:
                 f"`invoke render --region {self.region.name}` first"
             )
 
+    def _lock(self) -> threading.Lock:
+        key = (self.root.resolve(), self.region.name)
+        with _machine_locks_guard:
+            return _machine_locks.setdefault(key, threading.Lock())
+
     def _vagrant(self, args: list[str], timeout: float = COMMAND_TIMEOUT) -> str:
+        with self._lock():
+            return self._run_vagrant(args, timeout)
+
+    def _run_vagrant(self, args: list[str], timeout: float) -> str:
         executable = python_vagrant.get_vagrant_executable()
         if not executable:
             raise VagrantError("vagrant not found on PATH; install it (scripts/setup "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,38 @@ def test_destroy_of_box_never_created(machine, fake_vagrant):
 def test_error_reason_without_stderr_uses_last_line():
     stdout = "==> local: Creating the container...\n==> local: Stopped: no disk\n"
     assert vagrant.error_reason(stdout, "") == "==> local: Stopped: no disk"
+
+
+def test_commands_on_one_machine_do_not_overlap(machine, tmp_path, monkeypatch):
+    """Two threads reading one machine wait for each other, as Vagrant needs."""
+    bin_dir = tmp_path / "locking-bin"
+    bin_dir.mkdir()
+    lock_dir = tmp_path / "machine.lock"
+    script = bin_dir / "vagrant"
+    # Like Vagrant, the script fails at once while another command holds the
+    # machine's lock.
+    script.write_text(f"""#!/bin/sh
+mkdir "{lock_dir}" 2>/dev/null || {{ echo "machine is locked" >&2; exit 1; }}
+sleep 0.3
+cat "{tmp_path}/ssh-config.out"
+rmdir "{lock_dir}"
+""")
+    script.chmod(0o755)
+    (tmp_path / "ssh-config.out").write_text(MULTI_SSH_CONFIG)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    other = vagrant.Machine(machine.region)
+    errors: list[Exception] = []
+
+    def read(target: vagrant.Machine) -> None:
+        try:
+            target.ssh_config_text()
+        except VagrantError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=read, args=(m,)) for m in (machine, other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert errors == []
