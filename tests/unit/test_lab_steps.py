@@ -115,3 +115,22 @@ def test_infra_argv_uses_absolute_ssh_config(tmp_path, monkeypatch):
     assert "--hosts=ssh://local" in argv
     option = next(a for a in argv if a.startswith("--ssh-config="))
     assert Path(option.split("=", 1)[1]).is_absolute()
+
+
+def test_lab_database_url_override(tmp_path):
+    """A couchdb_url file from multilab-up wins over asking the primary box."""
+    from types import SimpleNamespace
+
+    from fleet import provision, regions
+
+    repo = Path(__file__).resolve().parents[2]
+    config = tmp_path / "multibox.toml"
+    config.write_text((repo / "lab" / "multibox.toml").read_text())
+    fleet = regions.load(config)
+    region = fleet.regions["lab-west"]
+    region.box_dir.mkdir(parents=True)
+    url = "http://admin:secret@172.17.0.1:15985/users"
+    (region.box_dir / "couchdb_url").write_text(url + "\n")
+    ctx = SimpleNamespace(fleet=fleet, region=region)
+
+    assert provision.primary_database_url(ctx) == url
