@@ -141,6 +141,13 @@ def _query(scope: Scope) -> dict[str, str]:
     }
 
 
+def _key_count(scope: Scope) -> int:
+    """Count the `key` parameters in the query string."""
+    text = scope["query_string"].decode("latin-1")
+    pairs = parse_qsl(text, keep_blank_values=True)
+    return sum(1 for name, _ in pairs if name == "key")
+
+
 class V1Endpoint:
     """A rate-limited /v1 endpoint as a bare ASGI app.
 
@@ -161,16 +168,33 @@ class V1Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services: Services = self.services or scope["app"].state.services
         authorization = None
+        authorization_count = 0
         forwarded = []
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
+                authorization_count += 1
             elif name == b"x-forwarded-for":
                 forwarded.append(value.decode("latin-1"))
         peer = scope.get("client")
         client = services.addresses.resolve(peer[0] if peer else None, forwarded)
         query = _query(scope)
         context = scope["vat"]
+        # Picking one of several credentials would let a caller try keys
+        # in one request, so reject the request instead.
+        if authorization_count > 1:
+            raise ApiError(
+                400,
+                "multiple_authorization",
+                f"the request has {authorization_count} Authorization headers; "
+                "send one, as 'Bearer vat_...'",
+            )
+        if b"key=" in scope["query_string"] and _key_count(scope) > 1:
+            raise ApiError(
+                400,
+                "multiple_keys",
+                "the request has more than one ?key= parameter; send one",
+            )
         user = services.identify(authorization, query.get("key"))
         context["user"] = user
         await services.admit(user, client, context)

@@ -90,6 +90,52 @@ def test_conflicting_keys_get_400(make_client, add_user):
     assert response.json()["error"] == "conflicting_keys"
 
 
+def test_two_authorization_headers_get_400(make_client, add_user):
+    """A bad key followed by a good one must not authenticate the request."""
+    key, _ = add_user()
+    bad = "vat_" + "A" * 43
+    headers = [("Authorization", f"Bearer {bad}"), ("Authorization", f"Bearer {key}")]
+    response = make_client().get("/v1/rates/DE", headers=headers)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "multiple_authorization"
+    assert "2 Authorization headers" in body["message"]
+
+
+def test_repeated_authorization_of_one_key_gets_400(make_client, add_user):
+    key, _ = add_user()
+    headers = [("Authorization", f"Bearer {key}")] * 2
+    response = make_client().get("/v1/rates/DE", headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"] == "multiple_authorization"
+
+
+def test_two_query_keys_get_400(make_client, add_user):
+    key, _ = add_user()
+    bad = "vat_" + "A" * 43
+    response = make_client().get("/v1/rates/DE", params=[("key", bad), ("key", key)])
+    assert response.status_code == 400
+    assert response.json()["error"] == "multiple_keys"
+
+
+def test_param_ending_in_key_is_ignored(make_client, add_user):
+    key, _ = add_user()
+    response = make_client().get(
+        "/v1/rates/DE", params=[("monkey", "1"), ("key", key)]
+    )
+    assert response.status_code == 200
+
+
+def test_same_key_in_header_and_query_is_accepted(make_client, add_user):
+    key, _ = add_user()
+    response = make_client().get(
+        "/v1/rates/DE",
+        headers={"Authorization": f"Bearer {key}"},
+        params={"key": key},
+    )
+    assert response.status_code == 200
+
+
 def test_key_of_deleted_user_gets_401(make_client, store, add_user):
     key, user_id = add_user()
     user_doc = store.get(f"user:{user_id}")
