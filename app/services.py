@@ -14,7 +14,7 @@ import orjson
 from app import geo, logs, vat
 from app.auth import ANONYMOUS, DocumentStore, User, key_from_request, resolve_user
 from app.clientaddr import ClientAddressResolver
-from app.errors import ApiError
+from app.errors import ApiError, clip
 from app.ratelimit import Plan, RateLimiter, load_plans
 from app.resp import RedisUnavailable
 from app.settings import Settings
@@ -37,6 +37,18 @@ def shared_geolocator() -> geo.Geolocator:
     if _shared_geolocator is None:
         _shared_geolocator = geo.Geolocator()
     return _shared_geolocator
+
+
+def lowest_user_plan(plans: dict[str, Plan]) -> Plan:
+    """Return the non-anonymous plan with the lowest sustained rate and burst.
+
+    It applies to a user whose document names a plan the plans file lacks,
+    such as a typo or a plan not yet deployed to this region. The user stays
+    served, with the user's own bucket instead of a shared per-address one,
+    and gets no more than the cheapest real plan allows.
+    """
+    candidates = [plan for name, plan in plans.items() if name != "anonymous"]
+    return min(candidates, key=lambda plan: (plan.requests_per_minute, plan.burst))
 
 
 class Services:
@@ -67,7 +79,9 @@ class Services:
         self.sync = sync
         self.usage: UsageRecorder | None = None
         self._flusher: asyncio.Task | None = None
-        self._unknown_plans: set[str] = set()
+        self.fallback_plan = lowest_user_plan(self.plans)
+        # Users already logged with an unknown plan, as (user id, plan).
+        self._unknown_plans: set[tuple[str | None, str]] = set()
         self._users: dict[tuple[str | None, str | None], tuple[User, float]] = {}
         self._lookups: dict[str, bytes] = {}
         self.country_names: dict[str, str] = {}
@@ -174,17 +188,26 @@ class Services:
     # Requests
 
     def plan_for(self, user: User) -> Plan:
+        """Return the user's plan, or `fallback_plan` if the plans file lacks it.
+
+        An unknown plan is logged once per user and process.
+        """
         plan = self.plans.get(user.plan)
         if plan is not None:
             return plan
-        if user.plan not in self._unknown_plans:
-            self._unknown_plans.add(user.plan)
-            log.error(
-                "event=unknown_plan user=%s plan=%r fallback=free",
+        seen = (user.id, user.plan)
+        if seen not in self._unknown_plans:
+            if len(self._unknown_plans) >= USER_CACHE_SIZE:
+                self._unknown_plans.clear()
+            self._unknown_plans.add(seen)
+            log.warning(
+                "event=unknown_plan region=%s user=%s plan=%r fallback=%s",
+                self.settings.region,
                 user.log_id,
-                user.plan,
+                clip(user.plan, 64),
+                self.fallback_plan.name,
             )
-        return self.plans["free"]
+        return self.fallback_plan
 
     def identify(self, authorization: str | None, query_key: str | None) -> User:
         """Return the caller's user, from a short-lived cache when possible.
@@ -298,10 +321,13 @@ class Services:
             ) from None
         context["ratelimit"] = decision.headers()
         if not decision.allowed:
+            plan_label = f"plan {plan.name!r}"
+            if plan.name != user.plan:
+                plan_label += f" (your plan {clip(user.plan, 64)!r} is unknown here)"
             raise ApiError(
                 429,
                 "rate_limited",
-                f"rate limit of plan {plan.name!r} exceeded ({plan.burst} at once, "
+                f"rate limit of {plan_label} exceeded ({plan.burst} at once, "
                 f"{plan.requests_per_minute} per minute); retry after "
                 f"{decision.retry_after:.2f} s",
                 extra={"retry_after_seconds": round(decision.retry_after, 3)},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .servers import free_port, redis_server
@@ -126,3 +128,52 @@ def test_limiter_recovers_after_redis_restart(make_client, add_user):
         # A new, empty Redis: the bucket starts full again.
         assert again.headers["ratelimit-remaining"] == "2"
     assert client.get("/healthz").json()["redis_failures"] >= 1
+
+
+def test_unknown_plan_gets_lowest_user_plan(make_client, add_user, app_logs):
+    """A user with an unknown plan gets the limits of 'free', the lowest one."""
+    key, user_id = add_user(plan="platinum")
+    client = make_client()
+    statuses = []
+    for _ in range(4):
+        response = client.get("/v1/rates/DE", params={"key": key})
+        statuses.append(response.status_code)
+    assert statuses == [200, 200, 200, 429]
+    assert response.headers["ratelimit-limit"] == "3"
+    message = response.json()["message"]
+    assert "plan 'free'" in message
+    assert "'platinum' is unknown" in message
+    logged = [line for line in app_logs.lines if "event=unknown_plan" in line]
+    assert logged == [
+        f"event=unknown_plan region=test user={user_id} plan='platinum' fallback=free"
+    ]
+
+
+def test_unknown_plan_logged_once_per_user(make_client, add_user, app_logs):
+    first, first_id = add_user(plan="platinum")
+    second, second_id = add_user(plan="platinum")
+    client = make_client()
+    for key in (first, second, first, second):
+        assert client.get("/v1/rates/DE", params={"key": key}).status_code == 200
+    logged = [line for line in app_logs.lines if "event=unknown_plan" in line]
+    assert len(logged) == 2
+    assert f"user={first_id} " in logged[0]
+    assert f"user={second_id} " in logged[1]
+
+
+def test_unknown_plan_fallback_is_lowest_not_free(make_client, add_user, tmp_path):
+    plans = tmp_path / "plans.json"
+    plans.write_text(
+        json.dumps(
+            {
+                "anonymous": {"requests_per_minute": 1, "burst": 1},
+                "free": {"requests_per_minute": 60, "burst": 20},
+                "starter": {"requests_per_minute": 2, "burst": 4},
+                "pro": {"requests_per_minute": 600, "burst": 200},
+            }
+        )
+    )
+    key, _ = add_user(plan="Pro ")
+    response = make_client(plans_path=plans).get("/v1/rates/DE", params={"key": key})
+    assert response.status_code == 200
+    assert response.headers["ratelimit-limit"] == "4"
