@@ -68,6 +68,9 @@ _IMAGE_PATTERN = re.compile(
 _KEY_PAIR_PATTERN = re.compile(r"[\x20-\x7e]{1,255}")
 
 DISK_WARN_GB = 16
+# Memory of a VirtualBox or lab box: below 512 MB apt and the app do not fit.
+MIN_MEMORY_MB = 512
+MAX_MEMORY_MB = 262144
 DOCKER_IMAGE = "vatfleet-box:bookworm"
 VIRTUALBOX_BOXES = {
     "20.04": "ubuntu/focal64",
@@ -716,9 +719,9 @@ class _Checker:
         if values.get("private_ip"):
             self._check_private_ip(where, values["private_ip"])
         if provider in ("virtualbox", "docker"):
-            if values["memory_mb"] < 512:
-                self.fail(where, f"key 'memory_mb' {values['memory_mb']} is too "
-                          f"small; use at least 1024")
+            if not MIN_MEMORY_MB <= values["memory_mb"] <= MAX_MEMORY_MB:
+                self.fail(where, f"key 'memory_mb' {values['memory_mb']} is out of "
+                          f"range; use {MIN_MEMORY_MB}-{MAX_MEMORY_MB} (megabytes)")
             if not 1 <= values["cpus"] <= 64:
                 self.fail(where, f"key 'cpus' {values['cpus']} is out of range; "
                           f"use 1-64")

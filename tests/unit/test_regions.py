@@ -548,3 +548,15 @@ def test_select_zone_of_region_not_in_file():
     assert ("unknown region 'us-west-2b'. 'us-west-2b' is an availability zone, "
             "not a region, and this file has no region 'us-west-2'. Valid regions:"
             ) in str(caught.value)
+
+
+@pytest.mark.parametrize("memory", [256, 999999999999])
+def test_memory_out_of_range(tmp_path, memory):
+    message = load_error(tmp_path, f"""
+        [regions.rehearsal]
+        provider = "virtualbox"
+        ubuntu = "22.04"
+        hostname = "rehearsal.vatrates.test"
+        memory_mb = {memory}
+    """)
+    assert f"key 'memory_mb' {memory} is out of range; use 512-262144" in message
