@@ -29,9 +29,10 @@ from app import logs
 from app.auth import ANONYMOUS, User
 from app.errors import ApiError, clip
 from app.openapi import openapi_document
+from app.ratelimit import PlanError
 from app.services import Services
-from app.settings import Settings
-from app.vat import ALIASES, COUNTRY_CODE
+from app.settings import Settings, SettingsError
+from app.vat import ALIASES, COUNTRY_CODE, VatDataError
 
 log = logging.getLogger("app")
 JSON = "application/json"
@@ -351,4 +352,18 @@ def create_app(
     return app
 
 
-app = create_app()
+def create_app_from_env() -> Starlette:
+    """Build the API from the environment, or log one line and exit 1.
+
+    uvicorn imports this module, so an exception would print a traceback for
+    what is a configuration mistake, and the line names the setting to fix.
+    """
+    try:
+        return create_app()
+    except (SettingsError, PlanError, VatDataError) as error:
+        log.critical("event=start_failed error=%r", str(error))
+        logs.flush()
+        raise SystemExit(1) from None
+
+
+app = create_app_from_env()

@@ -13,7 +13,13 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable
-from urllib.parse import unquote, urlsplit
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+URL_FORMS = (
+    "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or "
+    "unix://[[USER]:PASSWORD@]/PATH[?db=DB]"
+)
 
 
 class RedisError(Exception):
@@ -161,7 +167,17 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(RedisUnavailable(f"the connection to Redis closed: {exc}"))
+        if exc is None:
+            # asyncio passes None after an end of file from the server, or
+            # after this side closed the transport (and failed its commands).
+            reason = (
+                f"Redis at {self.address} closed the connection (it was stopped, "
+                "restarted, or dropped this client, for example for its timeout "
+                "or maxclients setting)"
+            )
+        else:
+            reason = f"the connection to Redis at {self.address} failed: {exc}"
+        self._fail(RedisUnavailable(reason))
 
     def _fail(self, error: Exception) -> None:
         self.sent_at.clear()
@@ -171,35 +187,119 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(error)
 
 
+@dataclass(frozen=True)
+class RedisAddress:
+    """A Redis server address (TCP host and port, or Unix socket) and credentials."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    socket_path: str | None = None
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+
+    def __str__(self) -> str:
+        if self.socket_path is not None:
+            return f"unix:{self.socket_path}"
+        return f"{self.host}:{self.port}"
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with its password, in the user part or in ?password=, as ***."""
+    parts = urlsplit(url)
+    if parts.password is None and "password=" not in parts.query:
+        return url
+    netloc = parts.netloc
+    if parts.password is not None:
+        user_part, _, host_part = netloc.rpartition("@")
+        user = user_part.partition(":")[0]
+        netloc = f"{user}:***@{host_part}"
+    query = "&".join(
+        "password=***" if item.startswith("password=") else item
+        for item in parts.query.split("&")
+    )
+    # Built by hand because geturl() drops the empty host of unix:///PATH.
+    scheme = f"{parts.scheme}:" if parts.scheme else ""
+    return f"{scheme}//{netloc}{parts.path}?{query}".removesuffix("?")
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """Parse a Redis URL in one of URL_FORMS; raise ValueError naming the problem.
+
+    The messages never contain the password.
+    """
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    password = unquote(parts.password) if parts.password else None
+    if password is None and "password" in query:
+        password = query["password"][-1] or None
+    credentials = {
+        "username": unquote(parts.username) if parts.username else None,
+        "password": password,
+    }
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("the unix:// URL has no socket path")
+        db_text = query.get("db", ["0"])[-1]
+        return RedisAddress(
+            socket_path=unquote(parts.path), db=_db_number(db_text), **credentials
+        )
+    if parts.scheme == "rediss":
+        raise ValueError("TLS (rediss://) is not supported")
+    if parts.scheme not in ("redis", ""):
+        raise ValueError(f"the scheme {parts.scheme!r} is not supported")
+    if parts.scheme == "" and not url.startswith("//"):
+        raise ValueError("the URL has no scheme")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("the port is not a number from 1 to 65535") from None
+    db_text = query.get("db", [parts.path.strip("/") or "0"])[-1]
+    return RedisAddress(
+        host=parts.hostname or "127.0.0.1",
+        port=port,
+        db=_db_number(db_text),
+        **credentials,
+    )
+
+
+def _db_number(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"the database number {text[:16]!r} is not an integer >= 0")
+    return int(text)
+
+
 class RespClient:
     """One pipelined connection to Redis, opened on first use and reopened."""
 
     def __init__(self, url: str, timeout: float = 0.25) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", ""):
+        try:
+            self.address = parse_redis_url(url)
+        except ValueError as error:
             raise ValueError(
-                f"unsupported REDIS_URL scheme {parts.scheme!r}; use redis://HOST:PORT/DB"
-            )
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 6379
-        self.password = unquote(parts.password) if parts.password else None
-        self.username = unquote(parts.username) if parts.username else None
-        path = parts.path.strip("/")
-        self.db = int(path) if path else 0
+                f"invalid Redis URL {redact_url(url)!r}: {error}; use {URL_FORMS}"
+            ) from None
+        self.password = self.address.password
+        self.username = self.address.username
+        self.db = self.address.db
         self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task | None = None
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
-        _, protocol = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: _Protocol(self.timeout, f"{self.host}:{self.port}"),
-                self.host,
-                self.port,
-            ),
-            self.timeout,
-        )
+        address = self.address
+
+        def protocol_factory() -> _Protocol:
+            return _Protocol(self.timeout, str(address))
+
+        if address.socket_path is not None:
+            opening = loop.create_unix_connection(protocol_factory, address.socket_path)
+        else:
+            opening = loop.create_connection(
+                protocol_factory, address.host, address.port
+            )
+        _, protocol = await asyncio.wait_for(opening, self.timeout)
         setup = []
         if self.password is not None:
             if self.username:
@@ -226,7 +326,7 @@ class RespClient:
             protocol = await asyncio.shield(connecting)
         except (TimeoutError, OSError) as error:
             raise RedisUnavailable(
-                f"cannot connect to Redis at {self.host}:{self.port}: "
+                f"cannot connect to Redis at {self.address}: "
                 f"{error or type(error).__name__}"
             ) from None
         finally:

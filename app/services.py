@@ -126,13 +126,12 @@ class Services:
         # them out of the collector's reach.
         gc.freeze()
         log.info(
-            "event=start region=%s replica=%s couchdb=%s redis=%s:%s "
+            "event=start region=%s replica=%s couchdb=%s redis=%s "
             "countries=%d geoip=%r seconds=%.3f",
             self.settings.region,
             self.settings.replica,
             "set" if self.settings.couchdb_url else "unset",
-            self.limiter.client.host,
-            self.limiter.client.port,
+            self.limiter.client.address,
             len(self.vat.countries),
             self.geo.info,
             time.perf_counter() - started,

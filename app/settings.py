@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.resp import URL_FORMS, parse_redis_url, redact_url
+
 APP_DIR = Path(__file__).resolve().parent
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -60,6 +62,17 @@ def parse_networks(raw: str, name: str = "TRUSTED_PROXIES") -> tuple[Network, ..
     return tuple(networks)
 
 
+def _redis_url(env: dict[str, str], default: str) -> str:
+    url = env.get("REDIS_URL") or default
+    try:
+        parse_redis_url(url)
+    except ValueError as error:
+        raise SettingsError(
+            f"invalid REDIS_URL={redact_url(url)!r}: {error}; use {URL_FORMS}"
+        ) from None
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the API reads from its environment (see the README's API section)."""
@@ -94,7 +107,7 @@ class Settings:
         defaults = cls()
         return cls(
             region=env.get("REGION") or defaults.region,
-            redis_url=env.get("REDIS_URL") or defaults.redis_url,
+            redis_url=_redis_url(env, defaults.redis_url),
             couchdb_url=env.get("COUCHDB_URL") or None,
             replica=env.get("REPLICA") or defaults.replica,
             trusted_proxies=parse_networks(env.get("TRUSTED_PROXIES", "127.0.0.1,::1")),

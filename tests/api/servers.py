@@ -39,11 +39,15 @@ def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
 
 @contextlib.contextmanager
 def redis_server(
-    timeout: float = 10, prefix: tuple[str, ...] = (), port: int | None = None
+    timeout: float = 10,
+    prefix: tuple[str, ...] = (),
+    port: int | None = None,
+    unix_socket: Path | None = None,
 ) -> Iterator[str]:
     """Run redis-server on a free loopback port; yield its redis:// URL.
 
     `prefix` goes before the command, such as ("taskset", "-c", "1").
+    With `unix_socket`, Redis also listens on that socket path.
     """
     binary = shutil.which("redis-server")
     if binary is None:
@@ -61,6 +65,11 @@ def redis_server(
             "",
             "--appendonly",
             "no",
+            *(
+                ("--unixsocket", str(unix_socket), "--unixsocketperm", "700")
+                if unix_socket
+                else ()
+            ),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

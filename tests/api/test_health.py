@@ -99,6 +99,8 @@ def test_start_and_stop_logged(make_client, app_logs):
         ("RATE_LIMIT_FAIL_OPEN", "maybe"),
         ("REDIS_TIMEOUT", "-1"),
         ("USAGE_FLUSH_INTERVAL", "soon"),
+        ("REDIS_URL", "rediss://127.0.0.1:6379/0"),
+        ("REDIS_URL", "localhost:6379"),
     ],
 )
 def test_bad_environment_named_in_error(name, value):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from app.auth import new_user_documents
 from app.sync import open_store
 
-from .servers import redis_server, uvicorn_server
+from .servers import REPO, redis_server, uvicorn_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -142,3 +143,25 @@ def test_fuzzer_finds_no_server_error(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " status=5" not in log
     assert "Traceback" not in log
+
+
+def test_bad_redis_url_stops_start_with_one_line(tmp_path):
+    """A bad REDIS_URL exits 1 with one log line and no traceback or password."""
+    env = {
+        **os.environ,
+        "REDIS_URL": "rediss://user:hunter2@127.0.0.1:1/0",
+        "PYTHONPATH": str(REPO),
+    }
+    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"]
+    argv += ["--host", "127.0.0.1", "--no-proxy-headers"]
+    result = subprocess.run(
+        argv, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert "event=start_failed" in lines[0]
+    assert "REDIS_URL='rediss://user:***@127.0.0.1:1/0'" in lines[0]
+    assert "unix://" in lines[0]
