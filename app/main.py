@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -304,6 +305,30 @@ async def server_error(request: Request, error: Exception) -> Response:
     return _json(body, 500)
 
 
+def uvicorn_rewrites_client() -> bool:
+    """Return whether uvicorn's ProxyHeadersMiddleware is on the calling stack.
+
+    uvicorn wraps the app in that middleware unless started with
+    --no-proxy-headers, and the middleware passes lifespan events through
+    with an await, so the lifespan's startup runs inside its __call__.
+
+    NOTE: this relies on uvicorn internals, checked on uvicorn 0.55. If a
+    later version stops awaiting the app from that method, the check returns
+    False; test_real_uvicorn_proxy_headers_warned then fails.
+    """
+    try:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+    except ImportError:
+        return False
+    middleware_code = ProxyHeadersMiddleware.__call__.__code__
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is middleware_code:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -318,6 +343,14 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        if uvicorn_rewrites_client():
+            log.warning(
+                "event=proxy_headers_on region=%s error=%r",
+                settings.region,
+                "uvicorn replaces the client address with X-Forwarded-For before "
+                "TRUSTED_PROXIES is checked; start it with --no-proxy-headers as "
+                "the Procfile does",
+            )
         await services.start()
         try:
             yield

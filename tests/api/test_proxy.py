@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
+from starlette.testclient import TestClient
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from app.main import create_app
+from app.settings import Settings
+
+from .servers import REPO, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -80,3 +92,49 @@ def test_bad_forwarded_header_gets_400(make_client, header):
     response = client.get("/v1/rates", headers={"X-Forwarded-For": header})
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_forwarded_for"
+
+
+def _start_and_stop(app) -> None:
+    with TestClient(app, client=("127.0.0.1", 40000)):
+        pass
+
+
+def test_uvicorn_proxy_headers_warned(redis_url, app_logs):
+    """The startup log warns when uvicorn's ProxyHeadersMiddleware wraps the app."""
+    app = create_app(Settings(region="test", redis_url=redis_url))
+    _start_and_stop(ProxyHeadersMiddleware(app, trusted_hosts="127.0.0.1"))
+    warnings = [line for line in app_logs.lines if "event=proxy_headers_on" in line]
+    assert len(warnings) == 1
+    assert "--no-proxy-headers" in warnings[0]
+
+
+def test_bare_app_not_warned(redis_url, app_logs):
+    _start_and_stop(create_app(Settings(region="test", redis_url=redis_url)))
+    assert any(line.startswith("event=start ") for line in app_logs.lines)
+    assert not any("event=proxy_headers_on" in line for line in app_logs.lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("flags", "warned"), [((), True), (("--no-proxy-headers",), False)]
+)
+def test_real_uvicorn_proxy_headers_warned(redis_url, tmp_path, flags, warned):
+    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
+    argv += ["--port", str(free_port()), *flags]
+    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(REPO)}
+    log_path = tmp_path / "uvicorn.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(argv, cwd=REPO, env=env, stderr=log_file)
+    try:
+        deadline = time.monotonic() + 30
+        output = ""
+        while "event=start " not in output and time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            time.sleep(0.1)
+            output = log_path.read_text(errors="replace")
+    finally:
+        process.terminate()
+        process.wait(15)
+    assert "event=start " in output
+    assert ("event=proxy_headers_on" in output) is warned
