@@ -174,13 +174,12 @@ def test_suites_run_in_parallel(tmp_path):
             running[0] -= 1
         return "ok"
 
-    started = time.monotonic()
     nightly.run(None, regions(*names), tmp_path,
                 lambda: [box_result(n) for n in names], runner=slow)
-    elapsed = time.monotonic() - started
 
+    # All three suites ran at the same time; how long that took is for
+    # bench/monitor_bench.py to measure, not for a test on a loaded machine.
     assert peak[0] == 3
-    assert elapsed < 1.4
 
 
 def test_history_bounded_and_trend_shown(tmp_path):
