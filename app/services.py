@@ -140,6 +140,13 @@ class Services:
     def _open_store(self) -> DocumentStore:
         from app.sync import open_store
 
+        if self.settings.replica == "memory":
+            # A memory replica cannot persist its replica id, so the region
+            # names it: the replication id, and so the primary's checkpoint
+            # document, stays the same across restarts instead of leaving a
+            # new one behind each time. The empty store still pulls from
+            # sequence 0, because its own checkpoint is missing.
+            return open_store("memory", replica_id=f"vatapi-{self.settings.region}")
         return open_store(self.settings.replica)
 
     async def stop(self) -> None:

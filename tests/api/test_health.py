@@ -106,3 +106,21 @@ def test_start_and_stop_logged(make_client, app_logs):
 def test_bad_environment_named_in_error(name, value):
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_memory_replica_id_follows_region():
+    """A restarted memory replica keeps its replication id; regions differ."""
+    from types import SimpleNamespace
+
+    from app.services import Services
+
+    def open_for(region: str):
+        settings = Settings.from_env({"REGION": region})
+        return Services._open_store(SimpleNamespace(settings=settings))
+
+    first, restarted = open_for("eu-west-1"), open_for("eu-west-1")
+    other = open_for("us-east-1")
+
+    assert first.replica_id == restarted.replica_id
+    assert first.replica_id != other.replica_id
+    assert first.get("user:any") is None
