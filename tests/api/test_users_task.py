@@ -72,7 +72,9 @@ def test_created_user_reaches_api(tmp_path, capsys):
             assert response.status_code == 200
             assert response.json()["standard_rate"] == 23.0
             assert response.headers["ratelimit-limit"] == "300"
-            log = server.log()
+        # Read after the stop: the app writes its log lines in batches and
+        # flushes the rest at exit.
+        log = server.log()
     assert key not in log
     assert "event=start region=eu" in log
 
