@@ -10,6 +10,10 @@ source "$(dirname "$0")/lib.sh"
 
 PIN_FILE=/etc/apt/preferences.d/vatfleet-nginx
 TLS_DIR=/etc/nginx/tls
+# `invoke certs` installs the shared name's certificate under this name; until
+# it does, the lab's self-signed certificate takes its place.
+SITE_CERT="$TLS_DIR/${VATFLEET_DOMAIN:-lab}.crt"
+SITE_KEY="$TLS_DIR/${VATFLEET_DOMAIN:-lab}.key"
 SITE=/etc/nginx/sites-available/vatfleet
 UPSTREAM=/etc/nginx/vatfleet/upstream.conf
 NGINX_FLOOR="${NGINX_FLOOR:-1.11.9}"
@@ -68,10 +72,19 @@ record_http2_decision() {
     NGINX_VERSION="$version"
 }
 
+is_self_signed() {
+    [[ "$(openssl x509 -in "$1" -noout -issuer 2>/dev/null | sed 's/^issuer=//')" \
+        == "$(openssl x509 -in "$1" -noout -subject 2>/dev/null | sed 's/^subject=//')" ]]
+}
+
 make_certificate() {
-    local cert="$TLS_DIR/lab.crt" key="$TLS_DIR/lab.key"
+    local cert="$SITE_CERT" key="$SITE_KEY"
     local names="DNS:${VATFLEET_HOSTNAME:-localhost},DNS:${VATFLEET_DOMAIN:-localhost}"
     names+=",DNS:localhost,IP:127.0.0.1"
+    # A certificate that a CA issued (installed by `invoke certs`) is kept.
+    if [[ -s "$cert" && -s "$key" ]] && ! is_self_signed "$cert"; then
+        return
+    fi
     if [[ -s "$cert" && -s "$key" ]] \
         && openssl x509 -in "$cert" -noout -checkend 2592000 >/dev/null \
         && [[ "$(cat "$TLS_DIR/lab.names" 2>/dev/null)" == "$names" ]]; then
@@ -137,8 +150,8 @@ $proxy
 server {
 $(tls_listen_lines)
     server_name _;
-    ssl_certificate $TLS_DIR/lab.crt;
-    ssl_certificate_key $TLS_DIR/lab.key;
+    ssl_certificate $SITE_CERT;
+    ssl_certificate_key $SITE_KEY;
     ssl_protocols TLSv1.2 TLSv1.3;
     location / {
 $proxy
